@@ -1,0 +1,158 @@
+"""WanModel: official key sets, parity with diffusers' WanTransformer3DModel, loading."""
+import json
+import os
+
+import pytest
+import torch
+
+from wan.errors import CheckpointError
+from wan.modules.convert import official_config_to_diffusers, official_to_diffusers_keys
+from wan.modules.model import WanModel
+from wan.tools.randomize import randomize_
+
+REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
+
+FULL_SIZE = {
+    "wan22_ti2v_5b_dit.json": dict(model_type="ti2v", in_dim=48, out_dim=48, dim=3072, ffn_dim=14336,
+                                   num_heads=24, num_layers=30),
+    "wan22_a14b_dit_t2v.json": dict(model_type="t2v", in_dim=16, out_dim=16, dim=5120, ffn_dim=13824,
+                                    num_heads=40, num_layers=40),
+    "wan22_a14b_dit_i2v.json": dict(model_type="i2v", in_dim=36, out_dim=16, dim=5120, ffn_dim=13824,
+                                    num_heads=40, num_layers=40),
+    "wan21_t2v_1_3b_dit.json": dict(model_type="t2v", in_dim=16, out_dim=16, dim=1536, ffn_dim=8960,
+                                    num_heads=12, num_layers=30),
+}
+
+
+def manifest(name):
+    path = os.path.join(REFERENCE, name)
+    if not os.path.exists(path):
+        pytest.skip(f"reference manifest {name} not available")
+    with open(path) as f:
+        return {k: tuple(v[0]) for k, v in json.load(f)["keys"].items()}
+
+
+@pytest.mark.parametrize("name", sorted(FULL_SIZE))
+def test_full_size_keys_and_shapes_equal_official_manifest(name):
+    with torch.device("meta"):
+        model = WanModel(**FULL_SIZE[name])
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == manifest(name)
+
+
+def tiny(model_type, in_dim=16, out_dim=16, seed=0):
+    model = WanModel(model_type=model_type, in_dim=in_dim, out_dim=out_dim, dim=32, ffn_dim=64, freq_dim=256,
+                     text_dim=24, num_heads=2, num_layers=2, text_len=16)
+    return randomize_(model, seed).eval()
+
+
+def diffusers_twin(model):
+    from diffusers import WanTransformer3DModel
+
+    twin = WanTransformer3DModel(**official_config_to_diffusers(model)).eval()
+    twin.load_state_dict(official_to_diffusers_keys(model.state_dict()), strict=True)
+    return twin
+
+
+def relative_error(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def padded_context(context, text_len):
+    """The official model zero-pads the trimmed T5 output to text_len inside forward; diffusers
+    expects it already padded."""
+    return torch.nn.functional.pad(context, (0, 0, 0, text_len - context.shape[0]))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("model_type,in_dim,out_dim", [("t2v", 16, 16), ("i2v", 36, 16), ("ti2v", 48, 48)])
+def test_parity_with_diffusers(model_type, in_dim, out_dim):
+    model = tiny(model_type, in_dim, out_dim)
+    twin = diffusers_twin(model)
+    gen = torch.Generator().manual_seed(1)
+    noise_channels = out_dim
+    x = torch.randn(noise_channels, 3, 6, 8, generator=gen)
+    y = torch.randn(in_dim - noise_channels, 3, 6, 8, generator=gen) if model_type == "i2v" else None
+    context = torch.randn(7, 24, generator=gen)
+    seq_len = 3 * 3 * 4
+    if model_type == "ti2v":  # per-token timesteps: first latent frame at 0
+        t = torch.full((1, seq_len), 700.0)
+        t[:, : 3 * 4] = 0
+    else:
+        t = torch.tensor([700.0])
+    ours = model([x], t=t, context=[context], seq_len=seq_len, y=None if y is None else [y])[0]
+    model_in = x if y is None else torch.cat([x, y])
+    theirs = twin(model_in[None], timestep=t, encoder_hidden_states=padded_context(context, 16)[None],
+                  return_dict=False)[0][0]
+    assert ours.shape == theirs.shape == (out_dim, 3, 6, 8)
+    assert relative_error(ours, theirs) < 1e-5
+
+
+@torch.no_grad()
+def test_batch_and_padding_do_not_change_outputs():
+    model = tiny("t2v")
+    gen = torch.Generator().manual_seed(2)
+    xs = [torch.randn(16, 2, 4, 4, generator=gen) for _ in range(2)]
+    ctx = [torch.randn(5, 24, generator=gen), torch.randn(9, 24, generator=gen)]
+    t = torch.tensor([900.0, 300.0])
+    batched = model(xs, t=t, context=ctx, seq_len=8)
+    padded = model(xs, t=t, context=ctx, seq_len=13)  # padding keys must be ignored
+    for i in range(2):
+        single = model([xs[i]], t=t[i:i + 1], context=[ctx[i]], seq_len=8)[0]
+        assert torch.allclose(batched[i], single, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(padded[i], single, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_per_token_timesteps_equal_scalar_when_uniform():
+    model = tiny("ti2v", 48, 48)
+    x = torch.randn(48, 2, 4, 4, generator=torch.Generator().manual_seed(3))
+    ctx = [torch.randn(4, 24)]
+    scalar = model([x], t=torch.tensor([500.0]), context=ctx, seq_len=8)[0]
+    per_token = model([x], t=torch.full((1, 8), 500.0), context=ctx, seq_len=8)[0]
+    assert torch.equal(scalar, per_token)
+
+
+@torch.no_grad()
+def test_official_layout_round_trip_sharded(tmp_path):
+    model = tiny("i2v", 36, 16)
+    model.save_pretrained(tmp_path, max_shard_bytes=20_000)
+    assert os.path.exists(tmp_path / "diffusion_pytorch_model.safetensors.index.json")
+    loaded = WanModel.from_pretrained(str(tmp_path))
+    assert loaded.text_dim == 24 and loaded.model_type == "i2v"
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+@torch.no_grad()
+def test_loads_diffusers_layout(tmp_path):
+    model = tiny("ti2v", 48, 48)
+    twin = diffusers_twin(model)
+    twin.save_pretrained(tmp_path / "transformer")
+    loaded = WanModel.from_pretrained(str(tmp_path), subfolder="transformer")
+    assert loaded.model_type == "ti2v"
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_loading_errors_name_the_offending_keys(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny("t2v")
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    broken = dict(state)
+    del broken["blocks.1.ffn.2.bias"]
+    broken["blocks.0.extra.weight"] = torch.zeros(1)
+    broken["head.head.bias"] = torch.zeros(3)
+    save_file(broken, path)
+    with pytest.raises(CheckpointError) as err:
+        WanModel.from_pretrained(str(tmp_path))
+    message = str(err.value)
+    assert "blocks.1.ffn.2.bias" in message and "blocks.0.extra.weight" in message and "head.head.bias" in message
+    os.remove(path)
+    with pytest.raises(CheckpointError, match="diffusion_pytorch_model"):
+        WanModel.from_pretrained(str(tmp_path))
+    with pytest.raises(CheckpointError, match="not found"):
+        WanModel.from_pretrained(str(tmp_path / "nope"))

@@ -1,0 +1,336 @@
+"""WanModel: the Wan2.1 / Wan2.2 diffusion transformer (t2v, i2v and ti2v variants).
+
+Numerics follow the official model (WAN_REFERENCE.md section 2): the residual stream, the
+modulation and the output head run in fp32; linear layers and attention run in the weights' dtype.
+Two things are done more cheaply than the reference, with identical results (tests/test_model.py):
+- the time embedding is computed once per distinct timestep value and looked up per token,
+  instead of building a [B, L, 6, dim] tensor (9 GB for A14B at 720p);
+- the RoPE cos/sin table for a token grid is built once and cached, in fp32, instead of complex
+  float64 arithmetic on every call.
+"""
+import json
+import math
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import CheckpointError
+from ..utils.checkpoint import (load_into, load_safetensors_dir, require_file, save_sharded_safetensors,
+                                write_json_atomic)
+from .attention import attention
+from .convert import diffusers_config_to_official, diffusers_to_official_keys
+
+__all__ = ["WanModel", "sinusoidal_embedding_1d"]
+
+ROPE_MAX_POSITIONS = 1024
+_CONFIG_FIELDS = ("model_type", "text_len", "in_dim", "dim", "ffn_dim", "freq_dim", "out_dim", "num_heads",
+                  "num_layers", "eps")
+
+
+def sinusoidal_embedding_1d(dim, position):
+    """[cos, sin] embedding of `position` (1-D), computed in float64 as the reference does.
+    Only called on the few distinct timestep values of a forward pass, so the cost is nil."""
+    half = dim // 2
+    position = position.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=position.device) / half)
+    angles = position[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float()
+
+
+def _fp32_linear(layer, x):
+    """The reference runs these layers inside an fp32 autocast region, whatever the weights' dtype."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+def _modulate(normed, shift, scale, dtype):
+    return torch.addcmul(shift, normed, 1 + scale).to(dtype)
+
+
+def _gated_add(x, y, gate):
+    """x + y * gate into the fp32 residual stream; in place unless autograd needs x."""
+    if torch.is_grad_enabled():
+        return torch.addcmul(x, y.float(), gate)
+    return x.addcmul_(y.float(), gate)
+
+
+class TimestepTable:
+    """Per-token values looked up from a small table of distinct timesteps.
+
+    `table` has one row per distinct timestep ([U, ...]); `index` says which row each token uses:
+    shape [B, 1] when every token of a sample shares its timestep (plain broadcast), else [B, L]."""
+
+    def __init__(self, table, index):
+        self.table, self.index = table, index
+
+    def row(self, values):
+        """values: [U, dim] -> per-token [B, 1 or L, dim]."""
+        return F.embedding(self.index, values)
+
+
+class WanRMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.weight
+
+
+class WanLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32, as in the reference."""
+
+    def forward(self, x):
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
+class WanSelfAttention(nn.Module):
+    def __init__(self, dim, num_heads, window_size=(-1, -1), qk_norm=True, eps=1e-6):
+        super().__init__()
+        if tuple(window_size) != (-1, -1):
+            raise ValueError("windowed attention is not supported (every Wan checkpoint uses (-1, -1))")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x):
+        return x.unflatten(-1, (self.num_heads, self.head_dim))
+
+    def forward(self, x, seq_lens, rope):
+        dtype = x.dtype
+        q = self._heads(self.norm_q(self.q(x)))
+        k = self._heads(self.norm_k(self.k(x)))
+        v = self._heads(self.v(x))
+        q, k = rope.rotate(q).to(dtype), rope.rotate(k).to(dtype)
+        out = attention(q, k, v.to(dtype), k_lens=seq_lens)
+        return self.o(out.flatten(2))
+
+
+class WanCrossAttention(WanSelfAttention):
+    def forward(self, x, context):
+        q = self._heads(self.norm_q(self.q(x))).to(x.dtype)
+        k = self._heads(self.norm_k(self.k(context))).to(x.dtype)
+        v = self._heads(self.v(context))
+        return self.o(attention(q, k, v).flatten(2))
+
+
+class WanAttentionBlock(nn.Module):
+    def __init__(self, dim, ffn_dim, num_heads, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6):
+        super().__init__()
+        self.norm1 = WanLayerNorm(dim, eps, elementwise_affine=False)
+        self.self_attn = WanSelfAttention(dim, num_heads, window_size, qk_norm, eps)
+        self.norm3 = WanLayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
+        self.cross_attn = WanCrossAttention(dim, num_heads, (-1, -1), qk_norm, eps)
+        self.norm2 = WanLayerNorm(dim, eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+
+    def forward(self, x, e0, seq_lens, rope, context):
+        """x: fp32 residual stream [B, L, dim]; e0: TimestepTable over [U, 6, dim]."""
+        dtype = self.ffn[0].weight.dtype
+        mod = (self.modulation.float() + e0.table).unbind(1)  # six [U, dim] tables
+        shift1, scale1 = e0.row(mod[0]), e0.row(mod[1])
+        y = self.self_attn(_modulate(self.norm1(x), shift1, scale1, dtype), seq_lens, rope)
+        x = _gated_add(x, y, e0.row(mod[2]))
+        x = x + self.cross_attn(self.norm3(x).to(dtype), context).float()
+        shift2, scale2 = e0.row(mod[3]), e0.row(mod[4])
+        y = self.ffn(_modulate(self.norm2(x), shift2, scale2, dtype))
+        return _gated_add(x, y, e0.row(mod[5]))
+
+
+class Head(nn.Module):
+    def __init__(self, dim, out_dim, patch_size, eps=1e-6):
+        super().__init__()
+        self.norm = WanLayerNorm(dim, eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, math.prod(patch_size) * out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
+
+    def forward(self, x, e):
+        """x: [B, L, dim] fp32; e: TimestepTable over [U, dim] (the time embedding, not e0)."""
+        shift, scale = (self.modulation.float() + e.table[:, None]).unbind(1)
+        normed = torch.addcmul(e.row(shift), self.norm(x), 1 + e.row(scale))
+        return _fp32_linear(self.head, normed)
+
+
+class RotaryTable:
+    """cos/sin for the adjacent-pair rotary embedding of a batch of token grids.
+
+    The head dim splits into three axes (frames, rows, columns) with d - 4*(d//6), 2*(d//6) and
+    2*(d//6) channels; pair j of the head rotates by position * 10000^(-2k/axis_dim) on its axis.
+    Tokens past a sample's true length (padding) are left unrotated (cos 1, sin 0)."""
+
+    def __init__(self, cos, sin):
+        self.cos, self.sin = cos, sin  # [B, L, 1, d/2] fp32
+
+    def rotate(self, x):
+        pairs = x.float().unflatten(-1, (-1, 2))
+        a, b = pairs[..., 0], pairs[..., 1]
+        out = torch.stack((a * self.cos - b * self.sin, a * self.sin + b * self.cos), dim=-1)
+        return out.flatten(-2)
+
+
+class WanModel(nn.Module):
+    def __init__(self, model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=2048, ffn_dim=8192,
+                 freq_dim=256, text_dim=4096, out_dim=16, num_heads=16, num_layers=32, window_size=(-1, -1),
+                 qk_norm=True, cross_attn_norm=True, eps=1e-6):
+        super().__init__()
+        if model_type not in ("t2v", "i2v", "ti2v"):
+            raise ValueError(f"model_type must be t2v, i2v or ti2v, got {model_type!r}")
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.model_type, self.patch_size, self.text_len = model_type, tuple(patch_size), text_len
+        self.in_dim, self.dim, self.ffn_dim, self.freq_dim = in_dim, dim, ffn_dim, freq_dim
+        self.text_dim, self.out_dim, self.num_heads, self.num_layers = text_dim, out_dim, num_heads, num_layers
+        self.window_size, self.qk_norm, self.cross_attn_norm, self.eps = window_size, qk_norm, cross_attn_norm, eps
+
+        self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=patch_size, stride=patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.blocks = nn.ModuleList([
+            WanAttentionBlock(dim, ffn_dim, num_heads, window_size, qk_norm, cross_attn_norm, eps)
+            for _ in range(num_layers)
+        ])
+        self.head = Head(dim, out_dim, patch_size, eps)
+        self._rope_cache = {}
+
+    @property
+    def config(self):
+        return {name: getattr(self, name) for name in _CONFIG_FIELDS}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x, t, context, seq_len, y=None):
+        """x: list of [C_in, F, H, W] latents; t: [B] or per-token [B, seq_len] timesteps;
+        context: list of [L_i, text_dim] text embeddings; seq_len: padded token count;
+        y: optional list of conditioning latents concatenated to x on channels (i2v).
+        Returns a list of fp32 velocities [C_out, F, H, W]."""
+        if self.model_type == "i2v" and y is None:
+            raise ValueError("an i2v WanModel needs the conditioning latents y")
+        if y is not None:
+            x = [torch.cat([u, v], dim=0) for u, v in zip(x, y)]
+        tokens, grids = self._embed_patches(x)
+        seq_lens = torch.tensor([n.shape[0] for n in tokens], dtype=torch.long)
+        if seq_lens.max() > seq_len:
+            raise ValueError(f"seq_len {seq_len} is smaller than the {seq_lens.max().item()} tokens of the input")
+        hidden = torch.stack([F.pad(u, (0, 0, 0, seq_len - u.shape[0])) for u in tokens]).float()
+
+        e, e0 = self._time_tables(t, len(x), seq_len, hidden.device)
+        context = self._embed_text(context)
+        rope = self._rope(grids, seq_len, hidden.device)
+        for block in self.blocks:
+            hidden = block(hidden, e0, seq_lens, rope, context)
+        out = self.head(hidden, e)
+        return self._unpatchify(out, grids)
+
+    def _embed_patches(self, x):
+        weight = self.patch_embedding.weight
+        if all(u.shape == x[0].shape for u in x):  # one conv for a whole CFG batch
+            patches = self.patch_embedding(torch.stack(x).to(weight.device, weight.dtype))
+            grids = [tuple(patches.shape[2:])] * len(x)
+            return list(patches.flatten(2).transpose(1, 2)), grids
+        tokens, grids = [], []
+        for u in x:
+            p = self.patch_embedding(u[None].to(weight.device, weight.dtype))
+            grids.append(tuple(p.shape[2:]))
+            tokens.append(p.flatten(2).transpose(1, 2)[0])
+        return tokens, grids
+
+    def _time_tables(self, t, batch, seq_len, device):
+        t = torch.as_tensor(t, device=device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.dim() == 1:
+            t = t[:, None]
+        if t.shape[1] not in (1, seq_len):
+            raise ValueError(f"per-token timesteps must have seq_len={seq_len} columns, got {tuple(t.shape)}")
+        values, index = torch.unique(t, return_inverse=True)
+        if bool((index == index[:, :1]).all()):
+            index = index[:, :1]
+        sinusoid = sinusoidal_embedding_1d(self.freq_dim, values)
+        e = _fp32_linear(self.time_embedding[2], self.time_embedding[1](_fp32_linear(self.time_embedding[0], sinusoid)))
+        e0 = _fp32_linear(self.time_projection[1], self.time_projection[0](e)).unflatten(1, (6, self.dim))
+        return TimestepTable(e, index), TimestepTable(e0, index)
+
+    def _embed_text(self, context):
+        weight = self.text_embedding[0].weight
+        padded = torch.stack([
+            F.pad(u.to(weight.device, weight.dtype), (0, 0, 0, self.text_len - u.shape[0])) for u in context
+        ])
+        return self.text_embedding(padded)
+
+    def _rope(self, grids, seq_len, device):
+        key = (tuple(grids), seq_len, str(device))
+        if key not in self._rope_cache:
+            tables = [self._rope_grid(grid, seq_len, device) for grid in grids]
+            cos = torch.stack([c for c, _ in tables])[:, :, None, :]
+            sin = torch.stack([s for _, s in tables])[:, :, None, :]
+            self._rope_cache = {key: RotaryTable(cos, sin)}  # keep one: shapes are fixed within a run
+        return self._rope_cache[key]
+
+    def _rope_grid(self, grid, seq_len, device):
+        d = self.dim // self.num_heads
+        axis_dims = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
+        angles = []
+        for axis, (size, axis_dim) in enumerate(zip(grid, axis_dims)):
+            if size > ROPE_MAX_POSITIONS:
+                raise ValueError(f"token grid {grid} exceeds the {ROPE_MAX_POSITIONS} RoPE positions per axis")
+            freqs = 1.0 / torch.pow(10000.0, torch.arange(0, axis_dim, 2, dtype=torch.float64) / axis_dim)
+            a = torch.arange(size, dtype=torch.float64)[:, None] * freqs[None, :]
+            shape = [1, 1, 1, a.shape[1]]
+            shape[axis] = size
+            angles.append(a.view(shape).expand(*grid, a.shape[1]))
+        angles = torch.cat(angles, dim=-1).reshape(-1, d // 2)
+        angles = F.pad(angles, (0, 0, 0, seq_len - angles.shape[0]))  # padding: angle 0, no rotation
+        return torch.cos(angles).float().to(device), torch.sin(angles).float().to(device)
+
+    def _unpatchify(self, out, grids):
+        pt, ph, pw = self.patch_size
+        videos = []
+        for u, (f, h, w) in zip(out, grids):
+            u = u[: f * h * w].view(f, h, w, pt, ph, pw, self.out_dim)
+            videos.append(torch.einsum("fhwpqrc->cfphqwr", u).reshape(self.out_dim, f * pt, h * ph, w * pw))
+        return videos
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, device="cpu"):
+        """Load an official Wan folder (config.json + diffusion_pytorch_model*.safetensors with the
+        official key names) or a diffusers `transformer/` folder (WanTransformer3DModel), strictly."""
+        folder = pretrained_model_name_or_path
+        if subfolder:
+            folder = os.path.join(folder, subfolder)
+        if not os.path.isdir(folder):
+            raise CheckpointError(f"DiT folder not found: {folder}")
+        config_path = require_file(os.path.join(folder, "config.json"), "DiT config")
+        with open(config_path) as f:
+            config = json.load(f)
+        state = load_safetensors_dir(folder, what="DiT weights")
+        if config.get("_class_name") == "WanTransformer3DModel":
+            kwargs = diffusers_config_to_official(config, source=config_path)
+            state = diffusers_to_official_keys(state)
+        else:
+            kwargs = {k: config[k] for k in _CONFIG_FIELDS if k in config}
+        if "text_embedding.0.weight" in state:  # text_dim is not saved in config.json; read it off the weights
+            kwargs["text_dim"] = state["text_embedding.0.weight"].shape[1]
+        with torch.device("meta"):
+            model = cls(**kwargs)
+        load_into(model, state, source=folder, dtype=torch_dtype or torch.float32)
+        return model.to(device).eval().requires_grad_(False)
+
+    def save_pretrained(self, folder, max_shard_bytes=5 * 2 ** 30):
+        """Write config.json and (sharded) safetensors with the official key names."""
+        os.makedirs(folder, exist_ok=True)
+        config = {"_class_name": "WanModel", "_diffusers_version": "0.33.0", **self.config}
+        write_json_atomic(os.path.join(folder, "config.json"), config)
+        save_sharded_safetensors(self.state_dict(), folder, "diffusion_pytorch_model", max_shard_bytes)

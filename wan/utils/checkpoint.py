@@ -1,0 +1,141 @@
+"""Reading checkpoint files strictly: exact key sets, exact shapes, any float dtype."""
+import json
+import os
+
+import torch
+from safetensors.torch import load_file
+
+from ..errors import CheckpointError
+
+_MAX_LISTED = 8
+
+
+def require_file(path, what):
+    """Fail with a message naming `what` and `path` when the file is missing."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} not found: {path}")
+    return path
+
+
+def load_pth(path, what="checkpoint"):
+    """torch.load with weights_only=True; a plain state dict is expected."""
+    require_file(path, what)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # corrupt or non-torch file
+        raise CheckpointError(f"{what} {path} could not be read: {exc.__class__.__name__}: {exc}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what} {path} does not hold a state dict (got {type(state).__name__})")
+    return state
+
+
+def load_safetensors_dir(folder, prefix="diffusion_pytorch_model", what="model weights"):
+    """Load `<prefix>.safetensors` or the shards listed by `<prefix>.safetensors.index.json`."""
+    single = os.path.join(folder, f"{prefix}.safetensors")
+    index = os.path.join(folder, f"{prefix}.safetensors.index.json")
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f).get("weight_map", {})
+        files = [os.path.join(folder, name) for name in sorted(set(weight_map.values()))]
+        if not files:
+            raise CheckpointError(f"{what}: index {index} lists no shards")
+    else:
+        raise CheckpointError(f"{what} not found: expected {single} or {index}")
+    state = {}
+    for path in files:
+        require_file(path, f"{what} shard")
+        try:
+            state.update(load_file(path))
+        except Exception as exc:
+            raise CheckpointError(f"{what} {path} could not be read: {exc}") from None
+    return state
+
+
+def _listing(keys):
+    keys = sorted(keys)
+    shown = ", ".join(keys[:_MAX_LISTED])
+    return shown + (f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else "")
+
+
+def check_state_dict(expected, state, source):
+    """Compare a state dict against `expected` (name -> shape). Raise one CheckpointError naming
+    every missing, unexpected and mis-shaped key; non-float tensors are refused too."""
+    missing = expected.keys() - state.keys()
+    unexpected = state.keys() - expected.keys()
+    misshaped = [
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k])}"
+        for k in expected.keys() & state.keys()
+        if tuple(state[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if misshaped:
+        problems.append(f"wrong shapes: {_listing(misshaped)}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the expected layout; " + "; ".join(problems))
+    not_float = [k for k, v in state.items() if not v.is_floating_point()]
+    if not_float:
+        raise CheckpointError(f"{source} has non-float tensors: {_listing(not_float)}")
+
+
+def load_into(module, state, source, dtype=None):
+    """Strictly check `state` against `module`'s own state dict and copy it in (cast to the
+    module's dtype, or `dtype` if given). Works for modules built on the meta device."""
+    expected = {k: v.shape for k, v in module.state_dict().items()}
+    check_state_dict(expected, state, source)
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    else:
+        own = module.state_dict()
+        state = {k: v.to(own[k].dtype) for k, v in state.items()}
+    module.load_state_dict(state, strict=True, assign=True)
+    return module
+
+
+def save_sharded_safetensors(state, folder, prefix, max_shard_bytes):
+    """Write `<prefix>.safetensors`, or shards plus `<prefix>.safetensors.index.json` when the
+    tensors exceed `max_shard_bytes`; each file is written under a temp name, then renamed."""
+    from safetensors.torch import save_file
+
+    shards, current, size = [], {}, 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor.detach().contiguous().cpu()
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        names = [f"{prefix}.safetensors"]
+    else:
+        names = [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        _atomic(os.path.join(folder, name), lambda tmp, shard=shard: save_file(shard, tmp, metadata={"format": "pt"}))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                 "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+        write_json_atomic(os.path.join(folder, f"{prefix}.safetensors.index.json"), index)
+
+
+def _atomic(path, write):
+    """Call write(temp_path), then rename onto `path`: readers never see a partial file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path, obj):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+    _atomic(path, write)
