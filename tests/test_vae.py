@@ -1,0 +1,272 @@
+"""Wan2.1 / Wan2.2 VAEs: official key layout, parity with diffusers' AutoencoderKLWan on the same
+random weights, strict loading errors, shapes, causality and the tiny checkpoint writers."""
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from wan.errors import CheckpointError, WanInputError
+from wan.modules import vae2_1, vae2_2
+from wan.tools.tiny_vae import write_tiny_wan21_vae, write_tiny_wan22_vae
+
+REFERENCE = os.environ.get("WAN_REFERENCE_DIR", "/work/shared/reference")
+PARITY_TOLERANCE = 1e-4  # the official code matches diffusers to ~1e-6 in fp32
+
+VERSIONS = {
+    "2.1": dict(module=vae2_1, wrapper=vae2_1.Wan2_1_VAE, manifest="wan21_vae.json", stride=8, z=16),
+    "2.2": dict(module=vae2_2, wrapper=vae2_2.Wan2_2_VAE, manifest="wan22_vae.json", stride=16, z=48),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_paths(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vae")
+    return {
+        "2.1": write_tiny_wan21_vae(str(folder / "wan21_vae.pth"), seed=0),
+        "2.2": write_tiny_wan22_vae(str(folder / "wan22_vae.pth"), seed=0),
+    }
+
+
+def load(version, path, **kwargs):
+    return VERSIONS[version]["wrapper"](vae_pth=path, device="cpu", **kwargs)
+
+
+def random_video(frames, height, width, seed=1):
+    return torch.rand(3, frames, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def relative_error(ours, reference):
+    return ((ours.float() - reference.float()).norm() / reference.float().norm()).item()
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. official layout
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_full_size_state_dict_equals_manifest(version):
+    info = VERSIONS[version]
+    path = os.path.join(REFERENCE, info["manifest"])
+    if not os.path.isfile(path):
+        pytest.skip(f"manifest {path} not available")
+    with open(path) as f:
+        manifest = {key: tuple(shape) for key, (shape, _) in json.load(f)["keys"].items()}
+    with torch.device("meta"):
+        model = info["module"].WanVAE_()
+    ours = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    assert sorted(set(manifest) ^ set(ours)) == []
+    assert {k: v for k, v in ours.items() if manifest[k] != v} == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. parity with diffusers
+
+
+def official_to_diffusers_key(key, residual):
+    """Official Wan VAE key -> diffusers AutoencoderKLWan key (residual=True for Wan2.2)."""
+    k = re.sub(r"^conv1\.", "quant_conv.", key)
+    k = re.sub(r"^conv2\.", "post_quant_conv.", k)
+    k = re.sub(r"^(encoder|decoder)\.conv1\.", r"\1.conv_in.", k)
+    k = re.sub(r"^(encoder|decoder)\.head\.0\.", r"\1.norm_out.", k)
+    k = re.sub(r"^(encoder|decoder)\.head\.2\.", r"\1.conv_out.", k)
+    k = re.sub(r"\.middle\.0\.", ".mid_block.resnets.0.", k)
+    k = re.sub(r"\.middle\.1\.", ".mid_block.attentions.0.", k)
+    k = re.sub(r"\.middle\.2\.", ".mid_block.resnets.1.", k)
+    if residual:
+        k = re.sub(r"encoder\.downsamples\.(\d+)\.downsamples\.2\.", r"encoder.down_blocks.\1.downsampler.", k)
+        k = re.sub(r"encoder\.downsamples\.(\d+)\.downsamples\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2.", k)
+        k = re.sub(r"decoder\.upsamples\.(\d+)\.upsamples\.3\.", r"decoder.up_blocks.\1.upsampler.", k)
+        k = re.sub(r"decoder\.upsamples\.(\d+)\.upsamples\.(\d+)\.", r"decoder.up_blocks.\1.resnets.\2.", k)
+    else:
+        k = re.sub(r"encoder\.downsamples\.", "encoder.down_blocks.", k)
+        k = re.sub(r"decoder\.upsamples\.(\d+)\.", _wan21_up_block_key, k)
+    for official, diffusers in ((".residual.0.", ".norm1."), (".residual.2.", ".conv1."),
+                                (".residual.3.", ".norm2."), (".residual.6.", ".conv2."),
+                                (".shortcut.", ".conv_shortcut.")):
+        k = k.replace(official, diffusers)
+    return k
+
+
+def _wan21_up_block_key(match):
+    # The official decoder is one flat Sequential: per level 3 residual blocks, then a resample.
+    level, index = divmod(int(match.group(1)), 4)
+    return f"decoder.up_blocks.{level}." + (f"resnets.{index}." if index < 3 else "upsamplers.0.")
+
+
+def diffusers_twin(version, vae):
+    from diffusers import AutoencoderKLWan
+
+    if version == "2.1":
+        reference = AutoencoderKLWan(base_dim=8, z_dim=16)
+    else:
+        reference = AutoencoderKLWan(base_dim=8, decoder_base_dim=16, z_dim=48, is_residual=True,
+                                     in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16,
+                                     latents_mean=vae2_2.MEAN, latents_std=vae2_2.STD)
+    state = {official_to_diffusers_key(k, version == "2.2"): v for k, v in vae.model.state_dict().items()}
+    reference.load_state_dict(state, strict=True)
+    return reference.eval()
+
+
+@pytest.mark.parametrize("version,size", [("2.1", 32), ("2.2", 64)])
+def test_parity_with_diffusers(version, size, tiny_paths):
+    vae = load(version, tiny_paths[version])
+    reference = diffusers_twin(version, vae)
+    mean, std = (v.view(1, -1, 1, 1, 1) for v in (vae.mean, vae.std))
+    video = random_video(9, size, size)
+
+    with torch.no_grad():
+        latent = vae.encode([video])[0]
+        expected_latent = (reference.encode(video[None]).latent_dist.mode() - mean) / std
+        z = torch.randn(latent.shape, generator=torch.Generator().manual_seed(2))
+        decoded = vae.decode([z])[0]
+        expected_video = reference.decode(z[None] * std + mean).sample[0]
+
+    encode_error = relative_error(latent, expected_latent[0])
+    decode_error = relative_error(decoded, expected_video)
+    print(f"Wan{version} VAE vs diffusers: encode rel err {encode_error:.2e}, decode rel err {decode_error:.2e}")
+    assert latent.shape == expected_latent.shape[1:]
+    assert decoded.shape == expected_video.shape
+    assert encode_error < PARITY_TOLERANCE
+    assert decode_error < PARITY_TOLERANCE
+    # The comparison means something only if the output is not saturated by the clamp.
+    assert (decoded.abs() == 1).float().mean() < 0.1 and decoded.std() > 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. loading errors
+
+
+def write_state(path, state):
+    torch.save(state, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_missing_extra_and_misshaped_keys_are_named(version, tiny_paths, tmp_path):
+    state = torch.load(tiny_paths[version], weights_only=True)
+    missing = dict(state)
+    del missing["decoder.middle.1.proj.bias"]
+    extra = dict(state, **{"encoder.extra.weight": torch.zeros(2)})
+    misshaped = dict(state, **{"encoder.head.0.gamma": torch.ones(3, 1, 1, 1)})
+    cases = [(missing, "decoder.middle.1.proj.bias"), (extra, "encoder.extra.weight"),
+             (misshaped, "encoder.head.0.gamma")]
+    for index, (bad, key) in enumerate(cases):
+        path = write_state(tmp_path / f"bad{index}.pth", bad)
+        with pytest.raises(CheckpointError, match=re.escape(key)):
+            load(version, path)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_missing_file_is_named(version, tmp_path):
+    path = str(tmp_path / "nowhere" / "vae.pth")
+    with pytest.raises(CheckpointError, match=re.escape(path)):
+        load(version, path)
+
+
+def test_wrong_latent_size_is_reported(tiny_paths):
+    with pytest.raises(CheckpointError, match="z_dim=8"):
+        vae2_1.Wan2_1_VAE(z_dim=8, vae_pth=tiny_paths["2.1"], device="cpu")
+
+
+def test_wan22_without_checkpoint_path_fails_clearly():
+    with pytest.raises(CheckpointError, match="vae_pth"):
+        vae2_2.Wan2_2_VAE(device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. shapes, ranges, input checks, causality
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("frames", [1, 5])
+def test_round_trip_shapes(version, frames, tiny_paths):
+    info = VERSIONS[version]
+    vae = load(version, tiny_paths[version])
+    s = info["stride"]
+    height, width = 2 * s, 3 * s
+    with torch.no_grad():
+        latents = vae.encode([random_video(frames, height, width), random_video(frames, height, width, seed=3)])
+        videos = vae.decode(latents)
+    assert len(latents) == 2 and len(videos) == 2
+    assert latents[0].shape == (info["z"], (frames - 1) // 4 + 1, 2, 3)
+    assert latents[0].dtype == torch.float32
+    assert not torch.equal(latents[0], latents[1])
+    assert videos[0].shape == (3, frames, height, width)
+    assert videos[0].dtype == torch.float32
+    assert videos[0].abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_bad_inputs_raise_clear_errors(version, tiny_paths):
+    vae = load(version, tiny_paths[version])
+    s = VERSIONS[version]["stride"]
+    with pytest.raises(WanInputError, match="list"):
+        vae.encode(random_video(5, s, s))
+    with pytest.raises(WanInputError, match="list"):
+        vae.decode(torch.zeros(VERSIONS[version]["z"], 1, 1, 1))
+    with pytest.raises(WanInputError, match="4n\\+1"):
+        vae.encode([random_video(6, s, s)])
+    with pytest.raises(WanInputError, match=f"multiples of {s}"):
+        vae.encode([random_video(5, s, s + 4)])
+    with pytest.raises(WanInputError, match=r"\[3, F, H, W\]"):
+        vae.encode([torch.zeros(4, 5, s, s)])
+    with pytest.raises(WanInputError, match="latent 0"):
+        vae.decode([torch.zeros(7, 1, 1, 1)])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_encode_and_decode_are_causal_in_time(version, tiny_paths):
+    """Frame k depends only on frames <= k: a shorter clip gives the prefix of the longer result."""
+    vae = load(version, tiny_paths[version])
+    s = VERSIONS[version]["stride"]
+    video = random_video(9, s, s)
+    with torch.no_grad():
+        full, prefix = vae.encode([video, video[:, :5]])
+        decoded_full, decoded_prefix = vae.decode([full, full[:, :2]])
+    torch.testing.assert_close(prefix, full[:, :2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(decoded_prefix, decoded_full[:, :5], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_bfloat16_model_tracks_float32(version, tiny_paths):
+    s = VERSIONS[version]["stride"]
+    video = random_video(5, 2 * s, 2 * s)
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        vae = load(version, tiny_paths[version], dtype=dtype)
+        assert next(vae.model.parameters()).dtype == dtype
+        with torch.no_grad():
+            latent = vae.encode([video])[0]
+            results[dtype] = (latent, vae.decode([latent])[0])
+    for ours, reference in zip(results[torch.bfloat16], results[torch.float32]):
+        assert ours.dtype == torch.float32
+        assert relative_error(ours, reference) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. tiny writers
+
+
+@pytest.mark.parametrize("writer,version", [(write_tiny_wan21_vae, "2.1"), (write_tiny_wan22_vae, "2.2")])
+def test_tiny_writer_is_deterministic_and_loads(writer, version, tmp_path):
+    first = torch.load(writer(str(tmp_path / "a.pth"), seed=5), weights_only=True)
+    second = torch.load(writer(str(tmp_path / "b.pth"), seed=5), weights_only=True)
+    other = torch.load(writer(str(tmp_path / "c.pth"), seed=6), weights_only=True)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+    assert sorted(os.listdir(tmp_path)) == ["a.pth", "b.pth", "c.pth"]  # no temporary left behind
+    vae = load(version, str(tmp_path / "a.pth"))
+    loaded = vae.model.state_dict()
+    assert all(torch.equal(loaded[k], first[k]) for k in first)
+    assert vae.model.encoder.conv1.weight.shape[0] == 8
+
+
+def test_upsample_equals_nearest_exact_interpolation():
+    from wan.modules.vae_blocks import upsample2x_nearest
+
+    x = torch.randn(2, 3, 4, 5, 7)
+    expected = torch.nn.functional.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact")
+    assert torch.equal(upsample2x_nearest(x), expected)
