@@ -1,0 +1,360 @@
+"""Video and image files in and out, and the frame preprocessing every task shares.
+
+Conventions:
+- Frames in memory are uint8 tensors [F, H, W, 3] (RGB); the model works on float [3, F, H, W]
+  in [-1, 1] (`to_model_range` / `from_model_range`).
+- Reading tries decord (fastest) and falls back to PyAV when decord is missing or fails. Any
+  pixel format comes back as RGB8. Anything that is not a readable video raises WanInputError
+  with a one-line message naming the file.
+- Writing is H.264 (libx264, yuv420p) through PyAV, to a temporary name in the target folder that
+  is renamed when complete, so an interrupted run never leaves a truncated file behind. yuv420p
+  needs even sizes: an odd width or height is padded by one replicated row/column.
+- Images load as PIL RGB: transparency is composited onto white, 16-bit greyscale is scaled to
+  8 bits, CMYK/palette/greyscale are converted, and the EXIF orientation is applied.
+"""
+import contextlib
+import os
+import re
+import uuid
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..errors import WanInputError
+
+DEFAULT_CRF = 18
+
+
+# --------------------------------------------------------------------------------------------
+# atomic output
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to `path`; on success rename it onto `path`, on error delete it.
+
+    The temporary name keeps the suffix so that writers which pick a format by extension work.
+    Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# reading video
+
+
+def _check_file(path, what):
+    path = Path(path)
+    if not path.exists():
+        raise WanInputError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise WanInputError(f"{what} is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise WanInputError(f"{what} is empty (0 bytes): {path}")
+    return path
+
+
+def _one_line(exc):
+    """An exception as one short line: FFmpeg's reason without its errno, decord's without its log prefix."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    text = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", " ".join(text.split()))
+    return text or type(exc).__name__
+
+
+def _open_video_stream(container, path):
+    """The first video stream of an opened container; rejects still images and audio-only files."""
+    # FFmpeg happily opens a PNG or JPEG as a one-frame "video" through its image demuxers.
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+        raise WanInputError(f"not a video file (looks like an image, {container.format.name}): {path}")
+    if not container.streams.video:
+        raise WanInputError(f"no video stream in {path}")
+    return container.streams.video[0]
+
+
+def _stream_fps(stream, path):
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise WanInputError(f"cannot tell the frame rate of {path}")
+    return float(rate)
+
+
+def _decode_frames(container, stream, max_frames):
+    """Decoded RGB frames and the number of non-empty packets the demuxer delivered."""
+    frames, packets = [], 0
+    for packet in container.demux(stream):
+        packets += packet.size > 0
+        for frame in packet.decode():
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if max_frames is not None and len(frames) >= max_frames:
+                return frames, packets
+    return frames, packets
+
+
+def _read_pyav(path, max_frames):
+    try:
+        with av.open(str(path)) as container:
+            stream = _open_video_stream(container, path)
+            stream.thread_type = "AUTO"
+            fps = _stream_fps(stream, path)
+            frames, packets = _decode_frames(container, stream, max_frames)
+            declared = stream.frames
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        if isinstance(exc, WanInputError):
+            raise
+        raise WanInputError(f"cannot read video {path}: {_one_line(exc)}") from None
+    if not frames:
+        raise WanInputError(f"video has no decodable frames: {path}")
+    # A file cut inside its frame data can decode without an error; its demuxer then runs out of
+    # packets before the count in the header. (Decoded frames may legitimately be fewer than the
+    # header's count: an edit list can trim frames, so compare packets, not frames.)
+    if max_frames is None and packets < declared:
+        raise WanInputError(f"video is truncated or corrupt: {path} declares {declared} frames, "
+                            f"the file holds {packets}")
+    return np.stack(frames), fps
+
+
+def _read_decord(path, max_frames):
+    import decord  # optional: no wheels for every platform
+
+    # decord's demuxer would also take a PNG for a video; let PyAV's checks decide what a video is.
+    with av.open(str(path)) as container:
+        _open_video_stream(container, path)
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+    count = len(reader) if max_frames is None else min(len(reader), max_frames)
+    if count == 0:
+        raise WanInputError(f"video has no decodable frames: {path}")
+    frames = reader.get_batch(list(range(count))).asnumpy()
+    return frames, float(reader.get_avg_fps())
+
+
+def read_video(path, max_frames=None, backend="auto"):
+    """Decode a video file to (uint8 tensor [F, H, W, 3] RGB, fps as float).
+
+    max_frames: keep only the first frames. backend: "auto" (decord, then PyAV if decord is
+    missing or fails), "decord" or "pyav". The two decoders give identical frames for 8-bit
+    video; for 10-bit 4:2:0 their chroma upsampling differs by a few levels. Known differences:
+    decord ignores mp4 edit lists (a clip trimmed without re-encoding comes back with its hidden
+    lead-in frames; PyAV drops them), and neither applies rotation metadata.
+    """
+    if backend not in ("auto", "decord", "pyav"):
+        raise ValueError(f"backend must be 'auto', 'decord' or 'pyav', got {backend!r}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    path = _check_file(path, "video")
+    if backend != "pyav":
+        try:
+            frames, fps = _read_decord(path, max_frames)
+            return torch.from_numpy(np.ascontiguousarray(frames)), fps
+        except ImportError:
+            if backend == "decord":
+                raise
+        except WanInputError:
+            raise
+        except Exception as exc:  # decord raises its own error types (and RuntimeError) on bad files
+            if backend == "decord":
+                raise WanInputError(f"cannot read video {path}: {_one_line(exc)}") from None
+    frames, fps = _read_pyav(path, max_frames)
+    return torch.from_numpy(frames), fps
+
+
+def probe_video(path):
+    """(num_frames, fps, width, height) from the container, decoding nothing when it states a count.
+
+    Only the header is read, so a file cut inside its frame data (header intact) passes here and
+    fails in read_video.
+    """
+    path = _check_file(path, "video")
+    try:
+        with av.open(str(path)) as container:
+            stream = _open_video_stream(container, path)
+            fps = _stream_fps(stream, path)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            num_frames = stream.frames
+            if num_frames == 0:  # e.g. Matroska stores no count: count packets, still no decoding
+                num_frames = sum(1 for packet in container.demux(stream) if packet.size)
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        if isinstance(exc, WanInputError):
+            raise
+        raise WanInputError(f"cannot read video {path}: {_one_line(exc)}") from None
+    if num_frames == 0:
+        raise WanInputError(f"video has no frames: {path}")
+    return num_frames, fps, width, height
+
+
+def sample_frame_indices(num_frames, count):
+    """`count` increasing frame indices at the centres of equal segments spanning the whole clip.
+
+    Like InternVL's num_segments sampling: index i = floor((i + 1/2) * num_frames / count).
+    """
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    if num_frames < count:
+        raise WanInputError(f"clip too short: {count} frames requested, it has {num_frames}")
+    return [((2 * i + 1) * num_frames) // (2 * count) for i in range(count)]
+
+
+def frames_4n1(num_frames):
+    """The largest 4n+1 not above num_frames (Wan VAEs take 4n+1 frames)."""
+    if num_frames < 1:
+        raise WanInputError(f"need at least 1 frame, got {num_frames}")
+    return (num_frames - 1) // 4 * 4 + 1
+
+
+# --------------------------------------------------------------------------------------------
+# writing video
+
+
+def _as_uint8_frame(frame, index):
+    if isinstance(frame, torch.Tensor):
+        frame = frame.detach().cpu().numpy()
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame {index}: expected uint8 [H, W, 3], got {frame.dtype} {list(frame.shape)}")
+    return frame
+
+
+def _pad_to_even(frame):
+    """yuv420p halves the chroma planes, so both sizes must be even: replicate the last row/column."""
+    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+    if pad_h or pad_w:
+        frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return np.ascontiguousarray(frame)
+
+
+def write_video(frames, path, fps, crf=DEFAULT_CRF):
+    """Encode RGB uint8 frames ([F, H, W, 3] tensor/array, or an iterable of [H, W, 3]) as H.264 mp4.
+
+    libx264, yuv420p, constant quality `crf` (0 lossless .. 51 worst). Odd sizes are padded to
+    even by replicating the last row/column. The file appears at `path` only when complete.
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
+    rate = Fraction(fps).limit_denominator(10000)
+    with atomic_path(path) as temp:
+        with av.open(str(temp), mode="w") as container:
+            stream = None
+            for index, frame in enumerate(frames):
+                frame = _pad_to_even(_as_uint8_frame(frame, index))
+                if stream is None:
+                    stream = container.add_stream("libx264", rate=rate)
+                    stream.height, stream.width = frame.shape[:2]
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = {"crf": str(crf)}
+                elif frame.shape[:2] != (stream.height, stream.width):
+                    raise ValueError(f"frame {index} is {list(frame.shape[:2])}, earlier frames are "
+                                     f"{[stream.height, stream.width]}")
+                # Convert to yuv420p here and stamp the frame: with PyAV's implicit conversion and no
+                # timestamps, the same frames gave different files from run to run.
+                video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+                video_frame.pts, video_frame.time_base = index, 1 / rate
+                container.mux(stream.encode(video_frame))
+            if stream is None:
+                raise ValueError(f"no frames to write to {path}")
+            container.mux(stream.encode(None))
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# images
+
+
+def _sixteen_bit_to_8(image):
+    """Greyscale 16-bit ("I;16*") or 32-bit integer ("I", from 16-bit files) to "L", 65535 -> 255."""
+    values = np.asarray(image).astype(np.float32)
+    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+
+
+def _to_rgb(image):
+    if image.mode.startswith("I;16") or image.mode == "I":
+        image = _sixteen_bit_to_8(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path):
+    """Open an image file as an RGB PIL image (EXIF orientation applied, alpha composited on white)."""
+    path = _check_file(path, "image")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise WanInputError(f"cannot read image {path}: {_one_line(exc)}") from None
+
+
+def image_to_frames(image):
+    """PIL image -> uint8 tensor [1, H, W, 3], the frames layout used everywhere here."""
+    return torch.from_numpy(np.array(image.convert("RGB")))[None]
+
+
+# --------------------------------------------------------------------------------------------
+# preprocessing shared by the tasks
+
+
+def _resize_center_crop_image(image, width, height):
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+    left = (resized.width - width) // 2
+    top = (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def resize_center_crop(image_or_frames, width, height):
+    """TI2V-5B's rule: scale to cover (width, height) with LANCZOS, then crop the centre.
+
+    scale = max(width / w, height / h); resize to (round(w * scale), round(h * scale)); crop at
+    ((W - width) // 2, (H - height) // 2). Takes a PIL image (returns PIL) or uint8 frames
+    [F, H, W, 3] (returns a uint8 tensor), each frame going through the very same PIL code so an
+    edited first frame and the source frames line up pixel for pixel.
+    """
+    if isinstance(image_or_frames, Image.Image):
+        return _resize_center_crop_image(image_or_frames, width, height)
+    frames = image_or_frames
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+        raise ValueError(f"expected a PIL image or uint8 frames [F, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    out = [np.asarray(_resize_center_crop_image(Image.fromarray(frame), width, height)) for frame in frames]
+    return torch.from_numpy(np.stack(out))
+
+
+def to_model_range(frames, dtype=torch.float32, device=None):
+    """uint8 frames [F, H, W, 3] -> float [3, F, H, W] in [-1, 1] (x / 255, minus 0.5, over 0.5)."""
+    if not isinstance(frames, torch.Tensor):
+        frames = torch.from_numpy(np.asarray(frames))
+    if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[3] != 3:
+        raise ValueError(f"expected uint8 frames [F, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    video = frames.to(device).permute(3, 0, 1, 2).float().div(255).sub(0.5).div(0.5)
+    return video.to(dtype)
+
+
+def from_model_range(video):
+    """float [3, F, H, W] in [-1, 1] -> uint8 frames [F, H, W, 3], the exact inverse of to_model_range.
+
+    Rounds to the nearest level so uint8 -> model range -> uint8 is lossless; save_video instead
+    truncates, as the reference does, to match its files byte for byte.
+    """
+    if video.dim() != 4 or video.shape[0] != 3:
+        raise ValueError(f"expected a video [3, F, H, W], got {list(video.shape)}")
+    unit = (video.detach().float().clamp(-1, 1) + 1) / 2
+    return (unit * 255).round().to(torch.uint8).permute(1, 2, 3, 0).cpu()
