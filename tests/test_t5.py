@@ -15,8 +15,7 @@ from wan.modules.t5 import T5EncoderModel, official_t5_shapes
 from wan.modules.tokenizers import clean_text
 from wan.tools.tiny_t5 import T5_CHECKPOINT_NAME, T5_TOKENIZER_NAME, write_tiny_t5
 
-MANIFEST = os.path.join(os.environ.get("WAN_REFERENCE_DIR", "/work/shared/reference"), "umt5_xxl_encoder.json")
-needs_manifest = pytest.mark.skipif(not os.path.isfile(MANIFEST), reason=f"official key manifest {MANIFEST} absent")
+MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "manifests", "umt5_xxl_encoder.json")
 DIMS = dict(dim=32, heads=4, ffn=64, layers=2, buckets=32)
 TEXT_LEN = 40
 PROMPTS = [
@@ -131,14 +130,12 @@ def reference_encoder(state, ids, mask):
 
 # ---- 1. official layout -----------------------------------------------------------------------------
 
-@needs_manifest
 def test_full_size_key_set_and_shapes_match_manifest():
     with open(MANIFEST) as f:
         manifest = {k: tuple(shape) for k, (shape, _dtype) in json.load(f)["keys"].items()}
     assert official_t5_shapes() == manifest  # built on the meta device: no memory
 
 
-@needs_manifest
 def test_tiny_checkpoint_has_official_key_names_in_bf16(tmp_path):
     write_tiny_t5(str(tmp_path), dim=8, heads=2, ffn=16, layers=24, buckets=32)
     state = official_state(str(tmp_path))

@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from ..utils.checkpoint import (load_into, load_safetensors_dir, require_file, save_sharded_safetensors,
-                                write_json_atomic)
+from ..utils.checkpoint import load_into, load_safetensors_dir, require_file, save_sharded_safetensors
+from ..utils.fileio import write_json_atomic
 from .attention import attention
 from .convert import diffusers_config_to_official, diffusers_to_official_keys
 
@@ -42,7 +42,8 @@ def sinusoidal_embedding_1d(dim, position):
 def _fp32_linear(layer, x):
     """The reference runs these layers inside an fp32 autocast region, whatever the weights' dtype."""
     bias = None if layer.bias is None else layer.bias.float()
-    return F.linear(x.float(), layer.weight.float(), bias)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.float(), layer.weight.float(), bias)
 
 
 def _modulate(normed, shift, scale, dtype):

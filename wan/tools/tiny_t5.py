@@ -13,6 +13,7 @@ from transformers import T5Tokenizer, UMT5EncoderModel
 
 from ..modules.t5 import official_to_hf_names, umt5_config
 from ..modules.tokenizers import clean_text
+from ..utils.fileio import torch_save_atomic
 from .randomize import randomize_
 
 T5_CHECKPOINT_NAME = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -80,7 +81,5 @@ def write_tiny_t5(ckpt_dir, seed=0, dim=32, heads=4, ffn=64, layers=2, buckets=3
     vocab_size = len(tokenizer)
     state = tiny_t5_state(vocab_size, seed, dim, heads, ffn, layers, buckets)
     path = os.path.join(ckpt_dir, T5_CHECKPOINT_NAME)
-    partial = path + ".partial"
-    torch.save(state, partial)
-    os.replace(partial, path)  # an interrupted write never leaves a truncated .pth under the real name
+    torch_save_atomic(state, path)
     return vocab_size

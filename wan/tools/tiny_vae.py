@@ -4,11 +4,10 @@ The layer structure (levels, residual blocks, attention, resample modes) and the
 official, so the key set equals the real checkpoint's and the file loads through Wan2_1_VAE /
 Wan2_2_VAE unchanged.
 """
-import os
 
-import torch
 
 from ..modules import vae2_1, vae2_2
+from ..utils.fileio import torch_save_atomic
 from .randomize import randomize_
 
 
@@ -27,8 +26,4 @@ def write_tiny_wan22_vae(path, seed=0, dim=8, dec_dim=16):
 
 def _save(model, path, seed):
     randomize_(model, seed)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = f"{path}.tmp"
-    torch.save(model.state_dict(), temporary)
-    os.replace(temporary, path)  # a reader never sees a half-written file
+    torch_save_atomic(model.state_dict(), path)

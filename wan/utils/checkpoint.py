@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
+from .fileio import atomic_path, write_json_atomic
 
 _MAX_LISTED = 8
 
@@ -116,26 +117,9 @@ def save_sharded_safetensors(state, folder, prefix, max_shard_bytes):
     else:
         names = [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, shard in zip(names, shards):
-        _atomic(os.path.join(folder, name), lambda tmp, shard=shard: save_file(shard, tmp, metadata={"format": "pt"}))
+        with atomic_path(os.path.join(folder, name)) as tmp:
+            save_file(shard, str(tmp), metadata={"format": "pt"})
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
                  "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
         write_json_atomic(os.path.join(folder, f"{prefix}.safetensors.index.json"), index)
-
-
-def _atomic(path, write):
-    """Call write(temp_path), then rename onto `path`: readers never see a partial file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json_atomic(path, obj):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-    _atomic(path, write)

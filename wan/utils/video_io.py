@@ -12,10 +12,7 @@ Conventions:
 - Images load as PIL RGB: transparency is composited onto white, 16-bit greyscale is scaled to
   8 bits, CMYK/palette/greyscale are converted, and the EXIF orientation is applied.
 """
-import contextlib
-import os
 import re
-import uuid
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,29 +22,13 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import WanInputError
+from .fileio import atomic_path  # noqa: F401  (re-exported for writers of media files)
 
 DEFAULT_CRF = 18
 
 
 # --------------------------------------------------------------------------------------------
 # atomic output
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to `path`; on success rename it onto `path`, on error delete it.
-
-    The temporary name keeps the suffix so that writers which pick a format by extension work.
-    Parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +233,9 @@ def write_video(frames, path, fps, crf=DEFAULT_CRF):
                     stream = container.add_stream("libx264", rate=rate)
                     stream.height, stream.width = frame.shape[:2]
                     stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf)}
+                    # One encoder thread: x264 threaded on a busy machine gave different files from
+                    # run to run, and reproducible outputs matter more here than encode speed.
+                    stream.options = {"crf": str(crf), "threads": "1"}
                 elif frame.shape[:2] != (stream.height, stream.width):
                     raise ValueError(f"frame {index} is {list(frame.shape[:2])}, earlier frames are "
                                      f"{[stream.height, stream.width]}")
