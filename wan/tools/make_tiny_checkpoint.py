@@ -1,0 +1,68 @@
+"""Write a tiny random-weight checkpoint in the official Wan directory layout.
+
+    python -m wan.tools.make_tiny_checkpoint --task ti2v-5B DIR
+
+Same files, file names and key sets as the real checkpoints; only the widths are small, so every
+loader, task and script runs through the same code as with real weights, in seconds on a CPU.
+"""
+import argparse
+import logging
+import os
+
+import torch
+
+from ..configs import WAN_CONFIGS
+from ..modules.model import WanModel
+from .randomize import randomize_
+from .tiny_t5 import write_tiny_t5
+from .tiny_vae import write_tiny_wan21_vae, write_tiny_wan22_vae
+
+TASKS = ("ti2v-5B", "i2v-A14B", "t2v-A14B", "t2v-1.3B")
+TINY_DIT = dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=256)
+TINY_T5_DIM = 32
+SHARD_BYTES = 200_000  # small enough that every DiT is sharded with an index, like the real ones
+
+log = logging.getLogger(__name__)
+
+
+def write_tiny_dit(folder, config, seed):
+    model = WanModel(model_type=config.model_type, in_dim=config.in_dim, out_dim=config.out_dim,
+                     text_dim=TINY_T5_DIM, text_len=config.text_len, **TINY_DIT)
+    randomize_(model, seed)
+    model.save_pretrained(folder, max_shard_bytes=SHARD_BYTES)
+
+
+def make_tiny_checkpoint(task, ckpt_dir, seed=0):
+    """Write the tiny checkpoint for `task` into `ckpt_dir` (created if needed); returns ckpt_dir."""
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    config = WAN_CONFIGS[task]
+    os.makedirs(ckpt_dir, exist_ok=True)
+    write_tiny_t5(ckpt_dir, seed=seed, dim=TINY_T5_DIM)
+    vae_path = os.path.join(ckpt_dir, config.vae_checkpoint)
+    if config.vae_checkpoint == "Wan2.2_VAE.pth":
+        write_tiny_wan22_vae(vae_path, seed=seed + 1)
+    else:
+        write_tiny_wan21_vae(vae_path, seed=seed + 1)
+    if "boundary" in config:
+        write_tiny_dit(os.path.join(ckpt_dir, config.low_noise_checkpoint), config, seed + 2)
+        write_tiny_dit(os.path.join(ckpt_dir, config.high_noise_checkpoint), config, seed + 3)
+    else:
+        write_tiny_dit(ckpt_dir, config, seed + 2)
+    return ckpt_dir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("ckpt_dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with torch.no_grad():
+        make_tiny_checkpoint(args.task, args.ckpt_dir, args.seed)
+    log.info("wrote a tiny %s checkpoint to %s", args.task, args.ckpt_dir)
+
+
+if __name__ == "__main__":
+    main()
