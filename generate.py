@@ -1,0 +1,133 @@
+"""Generate a video with a Wan model: text-to-video, image-to-video or text+image-to-video.
+
+    python generate.py --task ti2v-5B --ckpt_dir ./Wan2.2-TI2V-5B --size 1280*704 --prompt "..."
+
+Flags and defaults follow the official Wan2.2 generate.py; --device and --fps are additions."""
+import logging
+import os
+from datetime import datetime
+
+import wan
+from wan.configs import SUPPORTED_SIZES, WAN_CONFIGS
+from wan.errors import WanInputError
+from wan.utils.cli import ArgumentParser, parse_size, run_cli, setup_logging
+from wan.utils.utils import save_video, str2bool
+from wan.utils.video_io import load_image
+
+log = logging.getLogger("generate")
+
+TASK_CLASSES = {"t2v-A14B": "WanT2V", "t2v-14B": "WanT2V", "t2v-1.3B": "WanT2V", "i2v-A14B": "WanI2V",
+                "ti2v-5B": "WanTI2V"}
+DEFAULT_SIZE = {"ti2v-5B": "1280*704", "t2v-1.3B": "832*480"}
+EXAMPLE_PROMPT = {
+    "t2v": "A red fox trots through fresh snow in a quiet pine forest at sunrise, its breath steaming in the cold air.",
+    "i2v": "The scene comes alive: gentle camera push-in, natural motion, soft light.",
+}
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description="Generate a video from text and/or an image with Wan2.2 / Wan2.1.")
+    p.add_argument("--task", default="t2v-A14B", choices=sorted(TASK_CLASSES), help="the task to run")
+    p.add_argument("--size", default=None, help="output WIDTH*HEIGHT (i2v: maximum area); default per task")
+    p.add_argument("--frame_num", type=int, default=None, help="frames to generate, 4n+1 (default per task)")
+    p.add_argument("--ckpt_dir", required=True, help="checkpoint directory (official layout)")
+    p.add_argument("--offload_model", type=str2bool, default=None,
+                   help="move models to the CPU after use to save GPU memory (default: true)")
+    p.add_argument("--ulysses_size", type=int, default=1, help="sequence-parallel size (multi-GPU, not yet)")
+    p.add_argument("--t5_fsdp", action="store_true", help="shard T5 with FSDP (multi-GPU, not yet)")
+    p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT with FSDP (multi-GPU, not yet)")
+    p.add_argument("--t5_cpu", action="store_true", help="run the T5 encoder on the CPU")
+    p.add_argument("--convert_model_dtype", action="store_true", help="cast the DiT weights to bf16 on load")
+    p.add_argument("--save_file", default=None, help="output .mp4 (default: a name from task, size, prompt, time)")
+    p.add_argument("--prompt", default=None, help="the text prompt")
+    p.add_argument("--n_prompt", default="", help="negative prompt (default: the official one)")
+    p.add_argument("--use_prompt_extend", action="store_true", help="prompt rewriting (not available)")
+    p.add_argument("--prompt_extend_method", default="local_qwen", choices=["dashscope", "local_qwen"])
+    p.add_argument("--prompt_extend_model", default=None)
+    p.add_argument("--prompt_extend_target_lang", default="zh", choices=["zh", "en"])
+    p.add_argument("--base_seed", type=int, default=-1, help="random seed (-1: random)")
+    p.add_argument("--image", default=None, help="input image (required for i2v-A14B, optional for ti2v-5B)")
+    p.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++", "euler"])
+    p.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default per task)")
+    p.add_argument("--sample_shift", type=float, default=None, help="noise schedule shift (default per task)")
+    p.add_argument("--sample_guide_scale", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--device", default=None, help="torch device (default: cuda:0 if available, else cpu)")
+    p.add_argument("--fps", type=int, default=None, help="frames per second of the mp4 (default per task)")
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    cfg = WAN_CONFIGS[args.task]
+    if args.ulysses_size > 1 or args.t5_fsdp or args.dit_fsdp:
+        raise WanInputError("--ulysses_size/--t5_fsdp/--dit_fsdp: multi-GPU generation is not available yet; "
+                            "run on one GPU")
+    if args.use_prompt_extend:
+        raise WanInputError("--use_prompt_extend: prompt extension is not available in this toolkit")
+    if not os.path.isdir(args.ckpt_dir):
+        raise WanInputError(f"--ckpt_dir: checkpoint directory not found: {args.ckpt_dir}")
+    args.size = args.size or DEFAULT_SIZE.get(args.task, "1280*720")
+    args.frame_num = args.frame_num or cfg.frame_num
+    if args.frame_num < 1 or args.frame_num % 4 != 1:
+        raise WanInputError(f"--frame_num must be 4n+1 (1, 5, 9, ..., 81, 121), got {args.frame_num}")
+    width, height = parse_size(args.size)
+    grid = cfg.vae_stride[1] * cfg.patch_size[1]
+    if width <= 0 or height <= 0 or width % grid or height % grid:
+        raise WanInputError(f"--size {args.size}: width and height must be positive multiples of {grid} "
+                            f"for {args.task}")
+    if args.size not in SUPPORTED_SIZES[args.task]:
+        log.warning("--size %s is outside the sizes %s was trained at (%s); quality may suffer",
+                    args.size, args.task, ", ".join(SUPPORTED_SIZES[args.task]))
+    if args.task == "i2v-A14B" and not args.image:
+        raise WanInputError("--image is required for i2v-A14B")
+    if args.sample_steps is not None and args.sample_steps < 1:
+        raise WanInputError(f"--sample_steps must be at least 1, got {args.sample_steps}")
+    args.offload_model = True if args.offload_model is None else args.offload_model
+    args.sample_steps = args.sample_steps or cfg.sample_steps
+    args.sample_shift = cfg.sample_shift if args.sample_shift is None else args.sample_shift
+    args.sample_guide_scale = cfg.sample_guide_scale if args.sample_guide_scale is None else args.sample_guide_scale
+    args.fps = args.fps or cfg.sample_fps
+    args.prompt = args.prompt or EXAMPLE_PROMPT["t2v" if args.image is None else "i2v"]
+    return width, height
+
+
+def default_save_file(args):
+    prompt = args.prompt.replace(" ", "_").replace("/", "_")[:50]
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    return f"{args.task}_{args.size.replace('*', 'x')}_{args.ulysses_size}_{prompt}_{stamp}.mp4"
+
+
+def build_task(args):
+    task_class = getattr(wan, TASK_CLASSES[args.task])
+    return task_class(config=WAN_CONFIGS[args.task], checkpoint_dir=args.ckpt_dir, device=args.device,
+                      t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype)
+
+
+def run(task, args, width, height, image):
+    common = dict(frame_num=args.frame_num, shift=args.sample_shift, sample_solver=args.sample_solver,
+                  sampling_steps=args.sample_steps, guide_scale=args.sample_guide_scale, n_prompt=args.n_prompt,
+                  seed=args.base_seed, offload_model=args.offload_model)
+    if args.task == "i2v-A14B":
+        return task.generate(args.prompt, image, max_area=width * height, **common)
+    if args.task == "ti2v-5B":
+        return task.generate(args.prompt, img=image, size=(width, height), max_area=width * height, **common)
+    return task.generate(args.prompt, size=(width, height), **common)
+
+
+def main(argv=None):
+    setup_logging()
+    args = parse_args(argv)
+    width, height = check_args(args)
+    image = load_image(args.image) if args.image else None
+    log.info("task %s, size %dx%d, %d frames, %d %s steps, shift %s, guide %s", args.task, width, height,
+             args.frame_num, args.sample_steps, args.sample_solver, args.sample_shift, args.sample_guide_scale)
+    task = build_task(args)
+    video = run(task, args, width, height, image)
+    save_file = args.save_file or default_save_file(args)
+    save_video(video[None], save_file=save_file, fps=args.fps, nrow=1, normalize=True, value_range=(-1, 1))
+    log.info("saved %s (%d frames, %dx%d, %d fps)", save_file, video.shape[1], video.shape[3], video.shape[2],
+             args.fps)
+    return save_file
+
+
+if __name__ == "__main__":
+    run_cli(main)

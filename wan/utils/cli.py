@@ -1,0 +1,43 @@
+"""Shared command-line plumbing: logging setup and one-line errors instead of tracebacks."""
+import argparse
+import logging
+import os
+import sys
+
+from ..errors import WanInputError
+
+
+def setup_logging(rank=0):
+    level = logging.INFO if rank == 0 else logging.ERROR
+    logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+def run_cli(main, argv=None):
+    """Run `main(argv)`; a WanInputError (bad flag, file or checkpoint) becomes one line on stderr
+    and exit status 2. Set WAN_DEBUG=1 to see the traceback instead."""
+    try:
+        main(argv)
+    except WanInputError as err:
+        if os.environ.get("WAN_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def parse_size(text, flag="--size"):
+    """'W*H' -> (W, H)."""
+    try:
+        width, height = (int(part) for part in text.lower().replace("x", "*").split("*"))
+    except ValueError:
+        raise WanInputError(f"{flag} must look like WIDTH*HEIGHT (e.g. 1280*704), got {text!r}") from None
+    return width, height
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: the message and a pointer to --help, not the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
