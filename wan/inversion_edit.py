@@ -1,0 +1,212 @@
+"""TI2VInversionEditor: training-free video editing with Wan2.2 TI2V-5B by flow inversion.
+
+1. Encode the source clip (X0) with the Wan2.2 VAE; its first latent frame is the source frame.
+2. Invert: integrate the flow ODE from X0 (sigma 0) up to noise with the source first frame held
+   fixed (per-token timestep 0 on its tokens) and the source prompt.
+3. Regenerate from that noise with the edited first frame and the target prompt (CFG with the
+   negative prompt), holding the new first frame fixed after every step; decode.
+The noise keeps the source's motion; the new first frame and prompt change its appearance.
+
+Both directions use the one flow core (`wan.flow`): the inversion is `flow.invert` on the same
+`GuidedVelocity` that generation samples.
+"""
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import flow
+from .configs import WAN_CONFIGS
+from .errors import WanInputError
+from .textimage2video import WanTI2V
+from .utils.utils import best_output_size
+from .utils.fileio import atomic_path
+from .utils.video_io import (frames_4n1, image_to_frames, load_image, probe_video, read_video,
+                             resize_center_crop, to_model_range)
+
+log = logging.getLogger(__name__)
+
+INVERSION_FORMAT = "wan-ti2v-inversion/1"
+
+
+@dataclass
+class SourceClip:
+    frames: torch.Tensor  # uint8 [F, H, W, 3], resized and cropped to the model grid
+    fps: float
+    path: str
+    sha256: str
+
+
+@dataclass
+class Inversion:
+    """An inverted source: the latent at `sigma` plus what it was made with."""
+
+    latent: torch.Tensor  # [48, T, h, w] fp32
+    source_first_frame: torch.Tensor  # [48, 1, h, w]
+    settings: dict
+
+    def save(self, path):
+        tensors = {"latent": self.latent.float().cpu().contiguous(),
+                   "source_first_frame": self.source_first_frame.float().cpu().contiguous()}
+        metadata = {"format": INVERSION_FORMAT, "settings": json.dumps(self.settings)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+
+    @classmethod
+    def load(cls, path):
+        if not os.path.isfile(path):
+            raise WanInputError(f"--load_inversion: file not found: {path}")
+        try:
+            with safe_open(path, framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise WanInputError(f"--load_inversion: {path} is not a readable safetensors file ({exc})") from None
+        if metadata.get("format") != INVERSION_FORMAT or {"latent", "source_first_frame"} - tensors.keys():
+            raise WanInputError(f"--load_inversion: {path} is not an inversion saved by this toolkit")
+        return cls(tensors["latent"], tensors["source_first_frame"], json.loads(metadata["settings"]))
+
+    def check_matches(self, expected):
+        """Refuse an inversion made from another video, size, frame count or model."""
+        for key in ("video_sha256", "size", "frame_num", "model"):
+            if self.settings.get(key) != expected.get(key):
+                raise WanInputError(f"--load_inversion: saved inversion has {key}={self.settings.get(key)}, "
+                                    f"but this edit needs {key}={expected.get(key)}")
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TI2VInversionEditor:
+    """Edit videos with a Wan2.2 TI2V-5B checkpoint; load once, run many edits."""
+
+    def __init__(self, ckpt_dir, device=None, offload_model=False, t5_cpu=False, convert_model_dtype=False,
+                 config=None):
+        self.config = config or WAN_CONFIGS["ti2v-5B"]
+        self.offload_model = offload_model
+        self.model = WanTI2V(self.config, ckpt_dir, device=device, t5_cpu=t5_cpu,
+                             convert_model_dtype=convert_model_dtype)
+        self.device = self.model.device
+        dit = self.model.experts[0]
+        self.model_id = hashlib.sha256(json.dumps({**dit.config, "text_dim": dit.text_dim}).encode()).hexdigest()[:16]
+
+    # -- inputs ----------------------------------------------------------------------------
+    def load_source(self, source_video, frame_num, max_area):
+        """Read the clip's first `frame_num` frames (the longest 4n+1 prefix if it is shorter) and
+        resize/crop them onto the model grid, as TI2V does for its input image."""
+        if frame_num < 1 or frame_num % 4 != 1:
+            raise WanInputError(f"--frame_num must be 4n+1 (1, 5, 9, 13, 17, ...), got {frame_num}")
+        available = probe_video(source_video)[0]
+        if available < frame_num:
+            usable = frames_4n1(available)
+            log.warning("%s has %d frames, fewer than --frame_num %d: using the first %d", source_video,
+                        available, frame_num, usable)
+            frame_num = usable
+        frames, fps = read_video(source_video, max_frames=frame_num)
+        if frames.shape[0] < frame_num:  # the header promised more frames than decode
+            frame_num = frames_4n1(frames.shape[0])
+            log.warning("%s decodes to %d frames only: using the first %d", source_video, frames.shape[0], frame_num)
+            frames = frames[:frame_num]
+        step = self.config.vae_stride[1] * self.config.patch_size[1]
+        width, height = best_output_size(frames.shape[2], frames.shape[1], step, step, max_area)
+        return SourceClip(resize_center_crop(frames, width, height), fps, str(source_video), file_sha256(source_video))
+
+    def target_frame(self, target_image, clip):
+        """The edited first frame, converted and resized/cropped exactly like the source frames;
+        the source's own first frame when no image is given."""
+        if target_image is None:
+            return clip.frames[:1]
+        image = load_image(target_image) if isinstance(target_image, (str, os.PathLike)) else target_image
+        return image_to_frames(resize_center_crop(image.convert("RGB"), clip.frames.shape[2], clip.frames.shape[1]))
+
+    @torch.no_grad()
+    def encode(self, frames):
+        return self.model.vae.encode([to_model_range(frames).to(self.device)])[0]
+
+    # -- the two passes ----------------------------------------------------------------------
+    def _field(self, prompt, n_prompt, guide_scale, first_frame, seq_len):
+        context, context_null = self.model.encode_prompts(prompt, n_prompt, self.offload_model)
+        condition = flow.FirstFrameCondition(first_frame, self.config.patch_size)
+        field = flow.GuidedVelocity(self.model.experts, context, context_null if guide_scale != 1.0 else None,
+                                    guide_scale, seq_len=seq_len, condition=condition,
+                                    prepare=self.model._placer(self.offload_model))
+        return field, condition
+
+    @torch.no_grad()
+    def invert(self, source_video, source_prompt, frame_num=17, max_area=704 * 1280, shift=5.0, inversion_steps=50,
+               guide_scale_inversion=1.0, n_prompt="", scheme="euler", strength=1.0, clip=None):
+        """Invert the source clip to noise (or, with strength < 1, part of the way)."""
+        if not 0.0 < strength <= 1.0:
+            raise WanInputError(f"--inversion_strength must be in (0, 1], got {strength}")
+        clip = clip or self.load_source(source_video, frame_num, max_area)
+        latent = self.encode(clip.frames)
+        first_frame = latent[:, :1].clone()  # causal VAE: equal to encoding frame 0 alone
+        field, condition = self._field(source_prompt, n_prompt, guide_scale_inversion, first_frame,
+                                       flow.seq_len_for(latent.shape, self.config.patch_size))
+        schedule = flow.make_schedule("euler", inversion_steps, shift, self.config.num_train_timesteps)
+        steps = max(1, round(strength * inversion_steps))
+        partial = schedule.tail(steps)
+        with self.model.autocast():
+            noise = flow.invert(field, latent, partial, scheme, condition)
+        self.model._release(self.offload_model)
+        settings = dict(video=clip.path, video_sha256=clip.sha256, fps=clip.fps, frame_num=clip.frames.shape[0],
+                        size=[clip.frames.shape[2], clip.frames.shape[1]], shift=shift,
+                        inversion_steps=inversion_steps, scheme=scheme, strength=strength,
+                        sigma=float(partial.sigmas[0]), guide_scale_inversion=guide_scale_inversion,
+                        source_prompt=source_prompt, model=self.model_id)
+        return Inversion(noise, first_frame, settings)
+
+    @torch.no_grad()
+    def generate_from_inversion(self, inversion, target_prompt, target_image=None, generation_steps=50,
+                                guide_scale_generation=5.0, n_prompt="", sample_solver="euler", clip=None,
+                                decode=True):
+        """Regenerate from an inversion with a new first frame and prompt. `target_image` is a
+        path or PIL image (None: the source's first frame). Returns [3, F, H, W] in [-1, 1]
+        (or the latent with decode=False)."""
+        if target_image is None:
+            first_frame = inversion.source_first_frame.to(self.device)
+        else:
+            width, height = inversion.settings["size"]
+            image = load_image(target_image) if isinstance(target_image, (str, os.PathLike)) else target_image
+            frame = image_to_frames(resize_center_crop(image.convert("RGB"), width, height))
+            first_frame = self.encode(frame)
+        latent = inversion.latent.to(self.device)
+        field, condition = self._field(target_prompt, n_prompt, guide_scale_generation, first_frame,
+                                       flow.seq_len_for(latent.shape, self.config.patch_size))
+        schedule = flow.make_schedule(sample_solver, generation_steps, inversion.settings["shift"],
+                                      self.config.num_train_timesteps)
+        start = first_index_at_or_below(schedule.sigmas, inversion.settings["sigma"])
+        with self.model.autocast():
+            edited = flow.sample(field, latent, schedule, condition, start=start)
+        self.model._release(self.offload_model)
+        return self.model.decode(edited) if decode else edited
+
+    def edit_video(self, source_video, source_prompt, target_prompt, target_image=None, max_area=704 * 1280,
+                   frame_num=17, shift=5.0, inversion_steps=50, generation_steps=50, guide_scale_inversion=1.0,
+                   guide_scale_generation=5.0, n_prompt="", seed=-1, sample_solver="euler", inversion_scheme="euler",
+                   inversion_strength=1.0):
+        """Invert `source_video` and regenerate it from `target_image` and `target_prompt`.
+        Deterministic: `seed` is accepted for API compatibility; nothing here is random."""
+        inversion = self.invert(source_video, source_prompt, frame_num, max_area, shift, inversion_steps,
+                                guide_scale_inversion, n_prompt, inversion_scheme, inversion_strength)
+        return self.generate_from_inversion(inversion, target_prompt, target_image, generation_steps,
+                                            guide_scale_generation, n_prompt, sample_solver)
+
+
+def first_index_at_or_below(sigmas, sigma):
+    """Index of the first grid sigma not above `sigma` (with float tolerance): where generation
+    starts from a latent inverted up to `sigma`."""
+    for i, s in enumerate(sigmas[:-1].tolist()):
+        if s <= sigma + 1e-6:
+            return i
+    return len(sigmas) - 2
