@@ -1,0 +1,151 @@
+"""DiT forward benchmark: our WanModel against diffusers' WanTransformer3DModel, same weights.
+
+Full-size configurations with random weights in bf16 on one GPU (random weights time the same as
+real ones). Each case builds our model, times it, frees it, builds the diffusers peer with the very
+same weights (generated per key from a fixed seed), times it, and compares the two outputs.
+
+    python bench/bench_dit.py                 # every case
+    python bench/bench_dit.py --cases ti2v-121f --repeats 5
+
+Prints one markdown table: forward time (mean of timed runs after a warm-up), peak GPU memory
+(weights included) and the relative difference between the two outputs.
+"""
+import argparse
+import gc
+import os
+import sys
+import zlib
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wan.modules.convert import diffusers_to_official_keys, official_config_to_diffusers  # noqa: E402
+from wan.modules.model import WanModel  # noqa: E402
+
+TI2V_5B = dict(model_type="ti2v", in_dim=48, out_dim=48, dim=3072, ffn_dim=14336, num_heads=24, num_layers=30)
+A14B_T2V = dict(model_type="t2v", in_dim=16, out_dim=16, dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+
+# name: (model config, latent [C, T, H, W], first-frame conditioning as in TI2V image mode)
+CASES = {
+    "ti2v-121f-704x1280": (TI2V_5B, (48, 31, 44, 80), True),
+    "ti2v-49f-832x1056": (TI2V_5B, (48, 13, 66, 52), True),
+    "a14b-81f-1280x720": (A14B_T2V, (16, 21, 90, 160), False),
+}
+TEXT_TOKENS = 120
+
+
+def fill_(model, name_of, device):
+    """Deterministic weights keyed by the official parameter name, so both implementations get
+    identical tensors without a host round trip."""
+    for name, param in model.named_parameters():
+        official = name_of(name)
+        gen = torch.Generator(device=device).manual_seed(zlib.crc32(official.encode()))
+        if param.dim() >= 2:
+            fan_in = param[0].numel()
+            value = torch.randn(param.shape, generator=gen, device=device) / fan_in ** 0.5
+        else:
+            value = 0.1 * torch.randn(param.shape, generator=gen, device=device)
+            if "norm" in official:
+                value += 1
+        param.data.copy_(value)
+
+
+def inputs(latent_shape, first_frame, device):
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(latent_shape, generator=gen, device=device)
+    context = torch.randn(TEXT_TOKENS, 4096, generator=gen, device=device)
+    c, f, h, w = latent_shape
+    seq_len = f * (h // 2) * (w // 2)
+    t = torch.full((1, seq_len), 937.0, device=device)
+    if first_frame:
+        t[:, : (h // 2) * (w // 2)] = 0
+    return x, context, t, seq_len
+
+
+def timed(fn, repeats):
+    fn()  # warm-up (cuDNN plans, allocator)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        out = fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return out, sum(times) / len(times)
+
+
+def ours(config, x, context, t, seq_len, repeats, device):
+    with torch.device("meta"):
+        model = WanModel(**config)
+    model = model.to_empty(device=device).requires_grad_(False).eval()
+    fill_(model, lambda name: name, device)
+    model.to(torch.bfloat16)
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        out, seconds = timed(lambda: model([x], t=t, context=[context], seq_len=seq_len)[0], repeats)
+    peak = torch.cuda.max_memory_allocated() / 1e9
+    out = out.float().cpu()
+    del model
+    return out, seconds, peak
+
+
+def peer(config, x, context, t, repeats, device):
+    from diffusers import WanTransformer3DModel
+
+    with torch.device("meta"):
+        probe = WanModel(**config)
+        model = WanTransformer3DModel(**official_config_to_diffusers(probe))
+    names = {d: o for o, d in diffusers_to_official_keys({k: k for k in model.state_dict()}).items()}
+    model = model.to_empty(device=device).requires_grad_(False).eval()
+    fill_(model, names.__getitem__, device)
+    model.to(torch.bfloat16)
+    for name, module in model.named_modules():  # what from_pretrained(torch_dtype=bf16) keeps in fp32
+        if any(part in name.split(".") for part in model._keep_in_fp32_modules):
+            module.float()
+    model.scale_shift_table.data = model.scale_shift_table.data.float()
+    for block in model.blocks:
+        block.scale_shift_table.data = block.scale_shift_table.data.float()
+    padded = torch.nn.functional.pad(context, (0, 0, 0, 512 - context.shape[0]))[None].to(torch.bfloat16)
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        out, seconds = timed(lambda: model(x[None].to(torch.bfloat16), timestep=t, encoder_hidden_states=padded,
+                                           return_dict=False)[0][0], repeats)
+    peak = torch.cuda.max_memory_allocated() / 1e9
+    out = out.float().cpu()
+    del model
+    return out, seconds, peak
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip_peer", action="store_true", help="time only our model")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__}")
+    print("| case | tokens | ours s | ours peak GB | diffusers s | diffusers peak GB | speed-up | rel. diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.cases:
+        config, latent_shape, first_frame = CASES[name]
+        x, context, t, seq_len = inputs(latent_shape, first_frame, device)
+        repeats = max(1, args.repeats if config is TI2V_5B else min(args.repeats, 2))
+        out, seconds, peak = ours(config, x, context, t, seq_len, repeats, device)
+        gc.collect()
+        torch.cuda.empty_cache()
+        row = f"| {name} | {seq_len} | {seconds:.3f} | {peak:.1f} |"
+        if args.skip_peer:
+            print(row + " - | - | - | - |", flush=True)
+            continue
+        ref, ref_seconds, ref_peak = peer(config, x, context, t, repeats, device)
+        gc.collect()
+        torch.cuda.empty_cache()
+        diff = ((out - ref).norm() / ref.norm()).item()
+        print(row + f" {ref_seconds:.3f} | {ref_peak:.1f} | {ref_seconds / seconds:.2f}x | {diff:.2e} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
