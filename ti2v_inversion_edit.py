@@ -17,7 +17,7 @@ import torch
 from wan.errors import WanInputError
 from wan.flow import INVERSION_SCHEMES, SOLVERS
 from wan.inversion_edit import Inversion, TI2VInversionEditor
-from wan.utils.cli import ArgumentParser, run_cli, setup_logging
+from wan.utils.cli import ArgumentParser, add_speed_flags, run_cli, setup_logging, vae_dtype
 from wan.utils.utils import save_video, str2bool
 from wan.utils.video_io import from_model_range, write_video
 
@@ -56,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--comparison", action="store_true",
                    help="also write OUTPUT_comparison.mp4 (source | target image | edit) and first-frame PNGs")
     p.add_argument("--manifest", default=None, help="JSONL file of edits to run with the models loaded once")
+    add_speed_flags(p)
     return p.parse_args(argv)
 
 
@@ -163,7 +164,8 @@ def main(argv=None):
     for edit in pending:
         check_edit_inputs(edit)
     editor = TI2VInversionEditor(args.ckpt_dir, device=args.device, offload_model=args.offload_model,
-                                 t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype)
+                                 t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype,
+                                 compile_model=args.compile, vae_dtype=vae_dtype(args.vae_dtype))
     from tqdm import tqdm
 
     for edit in tqdm(pending, desc="edits", disable=len(pending) < 2):

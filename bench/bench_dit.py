@@ -77,19 +77,68 @@ def timed(fn, repeats):
     return out, sum(times) / len(times)
 
 
-def ours(config, x, context, t, seq_len, repeats, device):
+VARIANTS = {
+    "eager": dict(),
+    "compile": dict(compile=True),
+    "compile+chunk": dict(compile=True, ffn_chunk=8192),
+}
+
+
+def ours(config, x, context, t, seq_len, repeats, device, variants):
+    """Time each variant on one model (compiling in place for the compiled ones); returns
+    {variant: (output, seconds, peak GB)}."""
     with torch.device("meta"):
         model = WanModel(**config)
     model = model.to_empty(device=device).requires_grad_(False).eval()
     fill_(model, lambda name: name, device)
     model.to(torch.bfloat16)
-    torch.cuda.reset_peak_memory_stats()
+    results = {}
+    for variant in variants:
+        options = VARIANTS[variant]
+        if options.get("compile") and not getattr(model, "_compiled", False):
+            model.compile_blocks()
+            model._compiled = True
+        model.set_ffn_chunk(options.get("ffn_chunk"))
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            out, seconds = timed(lambda: model([x], t=t, context=[context], seq_len=seq_len)[0], repeats)
+        results[variant] = (out.float().cpu(), seconds, torch.cuda.max_memory_allocated() / 1e9)
+    return results
+
+
+def profile(config, x, context, t, seq_len, device, rows=25):
+    """Kernel-level breakdown of one eager forward (torch.profiler), printed as a table."""
+    with torch.device("meta"):
+        model = WanModel(**config)
+    model = model.to_empty(device=device).requires_grad_(False).eval()
+    fill_(model, lambda name: name, device)
+    model.to(torch.bfloat16)
     with torch.no_grad():
-        out, seconds = timed(lambda: model([x], t=t, context=[context], seq_len=seq_len)[0], repeats)
-    peak = torch.cuda.max_memory_allocated() / 1e9
-    out = out.float().cpu()
-    del model
-    return out, seconds, peak
+        model([x], t=t, context=[context], seq_len=seq_len)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            model([x], t=t, context=[context], seq_len=seq_len)
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
+
+
+def attention_rate(tokens, heads, device, repeats=5):
+    """TFLOP/s of self-attention alone at the DiT's shape, default SDPA choice vs cuDNN first."""
+    from wan.modules.attention import sdpa_preferences
+
+    q, k, v = (torch.randn(1, heads, tokens, 128, device=device, dtype=torch.bfloat16) for _ in range(3))
+    flops = 4 * tokens * tokens * 128 * heads
+    rates = {}
+    for name, context in (("default", None), ("cudnn-first", sdpa_preferences(device))):
+        def run():
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        if context is None:
+            _, seconds = timed(run, repeats)
+        else:
+            with context:
+                _, seconds = timed(run, repeats)
+        rates[name] = flops / seconds / 1e12
+    return rates
 
 
 def peer(config, x, context, t, repeats, device):
@@ -115,36 +164,50 @@ def peer(config, x, context, t, repeats, device):
                                            return_dict=False)[0][0], repeats)
     peak = torch.cuda.max_memory_allocated() / 1e9
     out = out.float().cpu()
-    del model
     return out, seconds, peak
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--variants", nargs="*", default=["eager"], choices=list(VARIANTS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip_peer", action="store_true", help="time only our model")
+    parser.add_argument("--profile", action="store_true", help="print a kernel breakdown of each case")
+    parser.add_argument("--attention", action="store_true", help="time attention alone at each case's shape")
     args = parser.parse_args()
     device = torch.device("cuda")
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__}")
-    print("| case | tokens | ours s | ours peak GB | diffusers s | diffusers peak GB | speed-up | rel. diff |")
-    print("|---|---|---|---|---|---|---|---|")
+    header = "| case | variant | tokens | ours s | ours peak GB | diffusers s | diffusers peak GB | speed-up | rel. diff |"
+    print(header)
+    print("|---" * 9 + "|")
     for name in args.cases:
         config, latent_shape, first_frame = CASES[name]
         x, context, t, seq_len = inputs(latent_shape, first_frame, device)
+        if args.attention:
+            rates = attention_rate(seq_len, config["num_heads"], device)
+            print(f"attention {name}: " + ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in rates.items()), flush=True)
+        if args.profile:
+            profile(config, x, context, t, seq_len, device)
         repeats = max(1, args.repeats if config is TI2V_5B else min(args.repeats, 2))
-        out, seconds, peak = ours(config, x, context, t, seq_len, repeats, device)
+        results = ours(config, x, context, t, seq_len, repeats, device, args.variants)
         gc.collect()
         torch.cuda.empty_cache()
-        row = f"| {name} | {seq_len} | {seconds:.3f} | {peak:.1f} |"
-        if args.skip_peer:
-            print(row + " - | - | - | - |", flush=True)
-            continue
-        ref, ref_seconds, ref_peak = peer(config, x, context, t, repeats, device)
-        gc.collect()
-        torch.cuda.empty_cache()
-        diff = ((out - ref).norm() / ref.norm()).item()
-        print(row + f" {ref_seconds:.3f} | {ref_peak:.1f} | {ref_seconds / seconds:.2f}x | {diff:.2e} |", flush=True)
+        ref = None
+        if not args.skip_peer:
+            ref, ref_seconds, ref_peak = peer(config, x, context, t, repeats, device)
+            gc.collect()
+            torch.cuda.empty_cache()
+        for variant, (out, seconds, peak) in results.items():
+            row = f"| {name} | {variant} | {seq_len} | {seconds:.3f} | {peak:.1f} |"
+            if ref is None:
+                eager = results[args.variants[0]][0]
+                diff = ((out - eager).norm() / eager.norm()).item()
+                print(row + f" - | - | - | {diff:.2e} vs {args.variants[0]} |", flush=True)
+                continue
+            diff = ((out - ref).norm() / ref.norm()).item()
+            print(row + f" {ref_seconds:.3f} | {ref_peak:.1f} | {ref_seconds / seconds:.2f}x | {diff:.2e} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,29 @@ def test_loading_errors_name_the_offending_keys(tmp_path):
         WanModel.from_pretrained(str(tmp_path))
     with pytest.raises(CheckpointError, match="not found"):
         WanModel.from_pretrained(str(tmp_path / "nope"))
+
+
+@torch.no_grad()
+def test_ffn_chunking_matches_unchunked():
+    model = tiny("ti2v", 48, 48)
+    x = torch.randn(48, 3, 6, 8, generator=torch.Generator().manual_seed(4))
+    t = torch.full((1, 36), 600.0)
+    t[:, :12] = 0
+    ctx = [torch.randn(5, 24)]
+    whole = model([x], t=t, context=ctx, seq_len=36)[0]
+    chunked = model.set_ffn_chunk(7)([x], t=t, context=ctx, seq_len=36)[0]
+    model.set_ffn_chunk(None)
+    assert relative_error(chunked, whole) < 1e-6  # matmul blocking may round differently per chunk
+
+
+@torch.no_grad()
+def test_compiled_blocks_trace_and_match():
+    """The blocks must trace without graph breaks into one graph each; aot_eager runs the traced
+    graph with eager kernels, so the output must match to float rounding."""
+    model = tiny("t2v")
+    x = torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(5))
+    ctx = [torch.randn(5, 24)]
+    eager = model([x], t=torch.tensor([500.0]), context=ctx, seq_len=8)[0]
+    model.compile_blocks(backend="aot_eager", fullgraph=True)
+    compiled = model([x], t=torch.tensor([500.0]), context=ctx, seq_len=8)[0]
+    assert relative_error(compiled, eager) < 1e-6

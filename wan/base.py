@@ -46,9 +46,12 @@ class Job:
 
 
 def resolve_device(device=None, device_id=0):
-    if device is not None:
-        return torch.device(device)
-    return torch.device(f"cuda:{device_id}") if torch.cuda.is_available() else torch.device("cpu")
+    """A concrete device: 'cuda' becomes 'cuda:N', so it compares equal to a tensor's device."""
+    device = torch.device(device) if device is not None else (
+        torch.device(f"cuda:{device_id}") if torch.cuda.is_available() else torch.device("cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def resolve_seed(seed):
@@ -69,7 +72,8 @@ class WanTaskBase:
     """Loads T5, the VAE and the DiT expert(s) of `config` from `checkpoint_dir` (official layout)."""
 
     def __init__(self, config, checkpoint_dir, device_id=0, rank=0, t5_fsdp=False, dit_fsdp=False, use_sp=False,
-                 t5_cpu=False, init_on_cpu=True, convert_model_dtype=False, device=None, load=("t5", "vae", "dit")):
+                 t5_cpu=False, init_on_cpu=True, convert_model_dtype=False, device=None, load=("t5", "vae", "dit"),
+                 compile_model=False, vae_dtype=torch.float32):
         if t5_fsdp or dit_fsdp or use_sp:
             raise WanInputError("multi-GPU options (--t5_fsdp, --dit_fsdp, --ulysses_size) are not available yet")
         if not os.path.isdir(checkpoint_dir):
@@ -95,12 +99,16 @@ class WanTaskBase:
                 tokenizer_path=os.path.join(checkpoint_dir, config.t5_tokenizer))
         if "vae" in load:
             log.info("loading VAE %s", config.vae_checkpoint)
-            self.vae = vae_class_for(config)(vae_pth=os.path.join(checkpoint_dir, config.vae_checkpoint), device=self.device)
+            self.vae = vae_class_for(config)(vae_pth=os.path.join(checkpoint_dir, config.vae_checkpoint),
+                                             device=self.device, dtype=vae_dtype)
         if "dit" in load:
             self.experts = tuple(self._load_dit(sub, convert_model_dtype) for sub in self.dit_subfolders())
             if not init_on_cpu:
                 for model in self.experts:
                     model.to(self.device)
+            if compile_model:  # opt-in: fuses the element-wise work; first steps pay the compile time
+                for model in self.experts:
+                    model.compile_blocks()
 
     # -- loading ---------------------------------------------------------------------------
     def dit_subfolders(self):

@@ -91,11 +91,12 @@ class TI2VInversionEditor:
     """Edit videos with a Wan2.2 TI2V-5B checkpoint; load once, run many edits."""
 
     def __init__(self, ckpt_dir, device=None, offload_model=False, t5_cpu=False, convert_model_dtype=False,
-                 config=None):
+                 config=None, compile_model=False, vae_dtype=torch.float32):
         self.config = config or WAN_CONFIGS["ti2v-5B"]
         self.offload_model = offload_model
         self.model = WanTI2V(self.config, ckpt_dir, device=device, t5_cpu=t5_cpu,
-                             convert_model_dtype=convert_model_dtype)
+                             convert_model_dtype=convert_model_dtype, compile_model=compile_model,
+                             vae_dtype=vae_dtype)
         self.device = self.model.device
         dit = self.model.experts[0]
         self.model_id = hashlib.sha256(json.dumps({**dit.config, "text_dim": dit.text_dim}).encode()).hexdigest()[:16]

@@ -1,9 +1,9 @@
 """One attention entry point for every network in the package.
 
 Layout follows the DiT: q [B, Lq, heads, head_dim], k and v [B, Lk, heads, head_dim]. Backends:
-- "sdpa" (default): torch's scaled_dot_product_attention. On CUDA the cuDNN kernel is put first
-  because on Hopper it is much faster than the flash kernel at Wan's sequence lengths
-  (~600 vs ~366 TFLOP/s at 27k tokens, DESIGN.md).
+- "sdpa" (default): torch's scaled_dot_product_attention. Inside `sdpa_preferences` the cuDNN
+  kernel is put first on CUDA because on Hopper it is much faster than the flash kernel at Wan's
+  sequence lengths (~600 vs ~366 TFLOP/s at 27k tokens, DESIGN.md).
 - "flash": flash-attn 3 (flash_attn_interface) or 2 (flash_attn) when installed.
 """
 import contextlib
@@ -65,12 +65,13 @@ def _restrict_keys(k, v, k_lens):
 def _sdpa(q, k, v, mask):
     if q.dtype != k.dtype or q.dtype != v.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
-    with _prefer_cudnn(q.is_cuda):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def _prefer_cudnn(on_cuda):
-    if not on_cuda:
+def sdpa_preferences(device):
+    """Context in which SDPA tries the cuDNN kernel first on CUDA. Entered once around a whole
+    network pass (also around compiled blocks, whose kernels are chosen while tracing)."""
+    if torch.device(device).type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..errors import CheckpointError
 from ..utils.checkpoint import load_into, load_safetensors_dir, require_file, save_sharded_safetensors
 from ..utils.fileio import write_json_atomic
-from .attention import attention
+from .attention import attention, sdpa_preferences
 from .convert import diffusers_config_to_official, diffusers_to_official_keys
 
 __all__ = ["WanModel", "sinusoidal_embedding_1d"]
@@ -53,8 +53,8 @@ def _modulate(normed, shift, scale, dtype):
 def _gated_add(x, y, gate):
     """x + y * gate into the fp32 residual stream; in place unless autograd needs x."""
     if torch.is_grad_enabled():
-        return torch.addcmul(x, y.float(), gate)
-    return x.addcmul_(y.float(), gate)
+        return x + y.float() * gate
+    return x.add_(y.float() * gate) if isinstance(gate, float) else x.addcmul_(y.float(), gate)
 
 
 class TimestepTable:
@@ -136,6 +136,7 @@ class WanAttentionBlock(nn.Module):
         self.norm2 = WanLayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+        self.ffn_chunk = None  # tokens per feed-forward chunk; None runs all tokens at once
 
     def forward(self, x, e0, seq_lens, rope, context):
         """x: fp32 residual stream [B, L, dim]; e0: TimestepTable over [U, 6, dim]."""
@@ -144,10 +145,23 @@ class WanAttentionBlock(nn.Module):
         shift1, scale1 = e0.row(mod[0]), e0.row(mod[1])
         y = self.self_attn(_modulate(self.norm1(x), shift1, scale1, dtype), seq_lens, rope)
         x = _gated_add(x, y, e0.row(mod[2]))
-        x = x + self.cross_attn(self.norm3(x).to(dtype), context).float()
-        shift2, scale2 = e0.row(mod[3]), e0.row(mod[4])
-        y = self.ffn(_modulate(self.norm2(x), shift2, scale2, dtype))
-        return _gated_add(x, y, e0.row(mod[5]))
+        x = _gated_add(x, self.cross_attn(self.norm3(x).to(dtype), context), 1.0)
+        return self._ffn(x, e0.row(mod[3]), e0.row(mod[4]), e0.row(mod[5]), dtype)
+
+    def _ffn(self, x, shift, scale, gate, dtype):
+        """The feed-forward sublayer. With `ffn_chunk` set it runs over that many tokens at a time:
+        rows are independent, so the result is the same (up to matmul rounding) while the
+        [L, ffn_dim] activations (2 GB per tensor for A14B at 720p) shrink to one chunk."""
+        chunk = self.ffn_chunk
+        if chunk is None or x.shape[1] <= chunk or torch.is_grad_enabled():
+            return _gated_add(x, self.ffn(_modulate(self.norm2(x), shift, scale, dtype)), gate)
+        for start in range(0, x.shape[1], chunk):
+            def rows(t):
+                return t if t.shape[1] == 1 else t[:, start:start + chunk]
+            part = x[:, start:start + chunk]  # a view: the in-place add below writes into x
+            y = self.ffn(_modulate(self.norm2(part), rows(shift), rows(scale), dtype))
+            part.addcmul_(y.float(), rows(gate))
+        return x
 
 
 class Head(nn.Module):
@@ -206,6 +220,21 @@ class WanModel(nn.Module):
         self.head = Head(dim, out_dim, patch_size, eps)
         self._rope_cache = {}
 
+    def set_ffn_chunk(self, tokens):
+        """Run every block's feed-forward over `tokens` tokens at a time (None: all at once).
+        Same results up to matmul rounding, lower peak memory at long sequence lengths."""
+        for block in self.blocks:
+            block.ffn_chunk = tokens
+        return self
+
+    def compile_blocks(self, **options):
+        """torch.compile each transformer block in place (state-dict keys unchanged). Fuses the
+        fp32 norm / modulation / RoPE element-wise work around the matmuls; same numerics up to
+        the fused kernels' rounding (tests/test_model.py checks it on the CPU)."""
+        for block in self.blocks:
+            block.compile(**options)
+        return self
+
     @property
     def config(self):
         return {name: getattr(self, name) for name in _CONFIG_FIELDS}
@@ -221,16 +250,19 @@ class WanModel(nn.Module):
         if y is not None:
             x = [torch.cat([u, v], dim=0) for u, v in zip(x, y)]
         tokens, grids = self._embed_patches(x)
-        seq_lens = torch.tensor([n.shape[0] for n in tokens], dtype=torch.long)
-        if seq_lens.max() > seq_len:
-            raise ValueError(f"seq_len {seq_len} is smaller than the {seq_lens.max().item()} tokens of the input")
+        lengths = [n.shape[0] for n in tokens]
+        if max(lengths) > seq_len:
+            raise ValueError(f"seq_len {seq_len} is smaller than the {max(lengths)} tokens of the input")
+        # Without padding every key is real: no length limit, so attention stays unmasked.
+        seq_lens = None if min(lengths) == seq_len else torch.tensor(lengths, dtype=torch.long)
         hidden = torch.stack([F.pad(u, (0, 0, 0, seq_len - u.shape[0])) for u in tokens]).float()
 
         e, e0 = self._time_tables(t, len(x), seq_len, hidden.device)
         context = self._embed_text(context)
         rope = self._rope(grids, seq_len, hidden.device)
-        for block in self.blocks:
-            hidden = block(hidden, e0, seq_lens, rope, context)
+        with sdpa_preferences(hidden.device):
+            for block in self.blocks:
+                hidden = block(hidden, e0, seq_lens, rope, context)
         out = self.head(hidden, e)
         return self._unpatchify(out, grids)
 

@@ -41,3 +41,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def add_speed_flags(parser):
+    """Flags every generation script shares for speed / memory trade-offs."""
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the DiT blocks (same numerics; faster after a one-time compile)")
+    parser.add_argument("--vae_dtype", default="fp32", choices=sorted(VAE_DTYPES),
+                        help="VAE precision: fp32 (reference) or bf16 (faster, about 35+ dB PSNR to fp32)")
+
+
+VAE_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def vae_dtype(name):
+    import torch
+
+    return getattr(torch, VAE_DTYPES[name])
