@@ -12,14 +12,14 @@ import json
 import logging
 import os
 
-import torch
-
 from wan.errors import WanInputError
 from wan.flow import INVERSION_SCHEMES, SOLVERS
-from wan.inversion_edit import Inversion, TI2VInversionEditor
+from tqdm import tqdm
+
+from wan import staged
+from wan.inversion_edit import EDIT_DEFAULTS, EditInputs, StagedEdit, TI2VInversionEditor, write_comparison
 from wan.utils.cli import ArgumentParser, add_speed_flags, run_cli, setup_logging, vae_dtype
 from wan.utils.utils import save_video, str2bool
-from wan.utils.video_io import from_model_range, write_video
 
 log = logging.getLogger("ti2v_inversion_edit")
 
@@ -32,41 +32,52 @@ def parse_args(argv=None):
     p.add_argument("--target_prompt", help="prompt describing the edited video")
     p.add_argument("--target_image", default=None, help="edited first frame (default: the source's first frame)")
     p.add_argument("--output", help="output .mp4")
-    p.add_argument("--frame_num", type=int, default=17, help="frames to edit, 4n+1")
-    p.add_argument("--inversion_steps", type=int, default=50)
-    p.add_argument("--generation_steps", type=int, default=50)
-    p.add_argument("--guide_scale_inv", type=float, default=1.0, help="CFG scale while inverting (1: off)")
-    p.add_argument("--guide_scale_gen", type=float, default=5.0, help="CFG scale while regenerating")
-    p.add_argument("--shift", type=float, default=5.0, help="noise schedule shift")
+    p.add_argument("--frame_num", type=int, help="frames to edit, 4n+1 (default 17)")
+    p.add_argument("--inversion_steps", type=int, help="default 50")
+    p.add_argument("--generation_steps", type=int, help="default 50")
+    p.add_argument("--guide_scale_inv", type=float, help="CFG scale while inverting (default 1: off)")
+    p.add_argument("--guide_scale_gen", type=float, help="CFG scale while regenerating (default 5)")
+    p.add_argument("--shift", type=float, help="noise schedule shift (default 5)")
     p.add_argument("--seed", type=int, default=42, help="kept for compatibility; the edit is deterministic")
-    p.add_argument("--n_prompt", default="", help="negative prompt (default: the official one)")
+    p.add_argument("--n_prompt", default=None, help="negative prompt (default: the official one)")
     p.add_argument("--device", default=None, help="torch device (default: cuda:0 if available, else cpu)")
     p.add_argument("--offload_model", type=str2bool, default=False, help="move models to the CPU between uses")
     p.add_argument("--t5_cpu", action="store_true", help="run the T5 encoder on the CPU")
     p.add_argument("--convert_model_dtype", action="store_true", help="cast the DiT weights to bf16 on load")
-    p.add_argument("--max_area", type=int, default=704 * 1280, help="output pixel area (aspect ratio kept)")
-    p.add_argument("--sample_solver", default="euler", choices=SOLVERS, help="solver for the regeneration")
-    p.add_argument("--inversion_scheme", default="euler", choices=INVERSION_SCHEMES,
-                   help="ODE scheme for the inversion (fixed_point: Euler-exact inverse, heun/midpoint: 2nd order)")
-    p.add_argument("--inversion_strength", type=float, default=1.0,
-                   help="fraction of the schedule to invert; < 1 keeps more of the source, gives less freedom")
+    p.add_argument("--max_area", type=int, help="output pixel area, aspect ratio kept (default 704*1280)")
+    p.add_argument("--sample_solver", choices=SOLVERS, help="solver for the regeneration (default euler)")
+    p.add_argument("--inversion_scheme", choices=INVERSION_SCHEMES,
+                   help="ODE scheme for the inversion (default euler; fixed_point: exact inverse of Euler "
+                        "regeneration; heun/midpoint: second order)")
+    p.add_argument("--inversion_strength", type=float,
+                   help="fraction of the schedule to invert (default 1); < 1 keeps more of the source")
     p.add_argument("--fps", type=float, default=None, help="output fps (default: the source's)")
     p.add_argument("--save_inversion", default=None, help="write the inverted latent (safetensors) here")
     p.add_argument("--load_inversion", default=None, help="reuse an inversion saved with --save_inversion")
     p.add_argument("--comparison", action="store_true",
                    help="also write OUTPUT_comparison.mp4 (source | target image | edit) and first-frame PNGs")
     p.add_argument("--manifest", default=None, help="JSONL file of edits to run with the models loaded once")
+    p.add_argument("--stage", default="all", choices=sorted(STAGE_MODELS),
+                   help="run one stage: encode (T5 + VAE), denoise (DiT), decode (VAE); default all")
+    p.add_argument("--stage_dir", default=None, help="folder for the files the stages exchange")
     add_speed_flags(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Flags given explicitly are checked against a stage file's settings; the rest take defaults.
+    args.requested = {name: getattr(args, name) for name in EDIT_DEFAULTS}
+    for name, value in EDIT_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
 EDIT_FIELDS = ("video", "source_prompt", "target_prompt", "output")
+STAGE_FIELDS = {"all": EDIT_FIELDS, "encode": EDIT_FIELDS[:3], "denoise": (), "decode": ("output",)}
 
 
 def edits_from(args):
     """The edit jobs: the one described by the flags, or one per manifest line."""
     if args.manifest is None:
-        missing = [f"--{name}" for name in EDIT_FIELDS if getattr(args, name) is None]
+        missing = [f"--{name}" for name in STAGE_FIELDS[args.stage] if getattr(args, name) is None]
         if missing:
             raise WanInputError(f"missing {', '.join(missing)} (or give --manifest)")
         return [{name: getattr(args, name) for name in (*EDIT_FIELDS, "target_image")}]
@@ -98,57 +109,65 @@ def check_args(args):
             raise WanInputError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.load_inversion and args.manifest:
         raise WanInputError("--load_inversion applies to a single edit, not to --manifest")
+    if args.stage != "all" and (args.manifest or not args.stage_dir):
+        raise WanInputError(f"--stage {args.stage} needs --stage_dir and a single edit (no --manifest)")
     if not os.path.isdir(args.ckpt_dir):
         raise WanInputError(f"--ckpt_dir: checkpoint directory not found: {args.ckpt_dir}")
 
 
 def check_edit_inputs(edit):
+    """Before any model loads: the source and the edited frame exist."""
     if not os.path.isfile(edit["video"]):
         raise WanInputError(f"--video: file not found: {edit['video']}")
     if edit.get("target_image") and not os.path.isfile(edit["target_image"]):
         raise WanInputError(f"--target_image: file not found: {edit['target_image']}")
 
 
-def write_comparison(output, clip, target_frame, edited, fps):
-    """Three panels per frame: source | target image (held) | edited video; plus first frames."""
-    stem = os.path.splitext(output)[0]
-    edited_frames = from_model_range(edited)
-    frames = clip.frames[: edited_frames.shape[0]]
-    held = target_frame.expand(edited_frames.shape[0], -1, -1, -1)
-    write_video(torch.cat([frames, held, edited_frames], dim=2), f"{stem}_comparison.mp4", fps=fps)
-    from PIL import Image
-
-    for name, frame in (("source", frames[0]), ("target", target_frame[0]), ("edited", edited_frames[0])):
-        path = f"{stem}_{name}_first_frame.png"
-        Image.fromarray(frame.numpy()).save(path + ".partial.png")
-        os.replace(path + ".partial.png", path)
+def stage_path(args, name):
+    return os.path.join(args.stage_dir, name)
 
 
-def run_edit(editor, args, edit):
-    check_edit_inputs(edit)
-    clip = editor.load_source(edit["video"], args.frame_num, args.max_area)
-    if args.load_inversion:
-        inversion = Inversion.load(args.load_inversion)
-        inversion.check_matches(dict(video_sha256=clip.sha256, size=[clip.frames.shape[2], clip.frames.shape[1]],
-                                     frame_num=clip.frames.shape[0], model=editor.model_id))
-        log.info("reusing inversion %s", args.load_inversion)
+def run_edit(staged_edit, args, edit, fingerprint):
+    """One edit, whole or as the stage `--stage` names; stages exchange files in --stage_dir."""
+    options = {name: getattr(args, name) for name in EDIT_DEFAULTS}
+    if args.stage in ("all", "encode"):
+        inputs = staged_edit.encode(edit["video"], edit["source_prompt"], edit["target_prompt"],
+                                    edit.get("target_image"), **options)
+        if args.stage == "encode":
+            staged.write_stage_file(stage_path(args, staged.ENCODED), inputs.tensors,
+                                    {"settings": inputs.settings, "fingerprint": fingerprint})
+            log.info("encoded; next: --stage denoise --stage_dir %s", args.stage_dir)
+            return
     else:
-        inversion = editor.invert(edit["video"], edit["source_prompt"], args.frame_num, args.max_area, args.shift,
-                                  args.inversion_steps, args.guide_scale_inv, args.n_prompt, args.inversion_scheme,
-                                  args.inversion_strength, clip=clip)
-        if args.save_inversion:
-            inversion.save(args.save_inversion)
-            log.info("saved inversion to %s", args.save_inversion)
-    target_frame = editor.target_frame(edit.get("target_image"), clip)
-    edited = editor.generate_from_inversion(inversion, edit["target_prompt"], edit.get("target_image"),
-                                            args.generation_steps, args.guide_scale_gen, args.n_prompt,
-                                            args.sample_solver)
-    fps = args.fps or clip.fps
-    save_video(edited[None], save_file=edit["output"], fps=fps, nrow=1)
+        path = stage_path(args, staged.ENCODED)
+        tensors, header = staged.read_stage_file(path, "encoded stage file")
+        staged.check_model(header, fingerprint, path)
+        staged.check_requested(header["settings"], {k: v for k, v in args.requested.items() if k in options}, path)
+        inputs = EditInputs(tensors, header["settings"])
+    if args.stage in ("all", "denoise"):
+        latent = staged_edit.denoise(inputs, args.load_inversion, args.save_inversion)
+        if args.stage == "denoise":
+            staged.save_latent(latent, inputs.settings, fingerprint, stage_path(args, staged.LATENT))
+            log.info("denoised; next: --stage decode --stage_dir %s", args.stage_dir)
+            return
+    else:
+        latent, _ = staged.load_latent(stage_path(args, staged.LATENT), fingerprint)
+    write_outputs(staged_edit, args, edit, inputs.settings, latent)
+
+
+def write_outputs(staged_edit, args, edit, settings, latent):
+    edited = staged_edit.decode(latent)
+    fps = args.fps or settings["fps"]
+    output = edit["output"]
+    save_video(edited[None], save_file=output, fps=fps, nrow=1)
     if args.comparison:
-        write_comparison(edit["output"], clip, target_frame, edited, fps)
-    log.info("wrote %s (%d frames, %dx%d, %.3g fps)", edit["output"], edited.shape[1], edited.shape[3],
-             edited.shape[2], fps)
+        editor = staged_edit.editor
+        clip = editor.load_source(settings["video"], settings["frame_num"], settings["max_area"])
+        write_comparison(output, clip.frames, editor.target_frame(settings["target_image"], clip), edited, fps)
+    log.info("wrote %s (%d frames, %dx%d, %.3g fps)", output, edited.shape[1], edited.shape[3], edited.shape[2], fps)
+
+
+STAGE_MODELS = {"all": ("t5", "vae", "dit"), "encode": ("t5", "vae"), "denoise": ("dit",), "decode": ("vae",)}
 
 
 def main(argv=None):
@@ -161,15 +180,15 @@ def main(argv=None):
         log.info("skipping %d finished edit(s)", len(edits) - len(pending))
     if not pending:
         return []
-    for edit in pending:
-        check_edit_inputs(edit)
+    if args.stage in ("all", "encode"):
+        for edit in pending:
+            check_edit_inputs(edit)
     editor = TI2VInversionEditor(args.ckpt_dir, device=args.device, offload_model=args.offload_model,
                                  t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype,
-                                 compile_model=args.compile, vae_dtype=vae_dtype(args.vae_dtype))
-    from tqdm import tqdm
-
+                                 compile_model=args.compile, vae_dtype=vae_dtype(args.vae_dtype),
+                                 load=STAGE_MODELS[args.stage])
     for edit in tqdm(pending, desc="edits", disable=len(pending) < 2):
-        run_edit(editor, args, edit)
+        run_edit(StagedEdit(editor), args, edit, editor.model_id)
     return [e["output"] for e in pending]
 
 

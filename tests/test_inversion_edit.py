@@ -25,8 +25,8 @@ def editor(tiny_checkpoint):
 def source(editor):
     clip = editor.load_source(os.path.join(KITTEN, "source.mp4"), 5, 32 * 32)
     latent = editor.encode(clip.frames)
-    field, condition = editor._field("A kitten turning its head", "", 1.0, latent[:, :1].clone(),
-                                     flow.seq_len_for(latent.shape))
+    context, context_null = editor.encode_text("A kitten turning its head")
+    field, condition = editor._field(context, context_null, 1.0, latent[:, :1].clone(), latent.shape)
     return latent, field, condition
 
 

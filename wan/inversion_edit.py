@@ -23,11 +23,12 @@ from safetensors.torch import save_file
 from . import flow
 from .configs import WAN_CONFIGS
 from .errors import WanInputError
+from .staged import checkpoint_fingerprint
 from .textimage2video import WanTI2V
 from .utils.utils import best_output_size
 from .utils.fileio import atomic_path
-from .utils.video_io import (frames_4n1, image_to_frames, load_image, probe_video, read_video,
-                             resize_center_crop, to_model_range)
+from .utils.video_io import (frames_4n1, from_model_range, image_to_frames, load_image, probe_video, read_video,
+                             resize_center_crop, to_model_range, write_video)
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +92,14 @@ class TI2VInversionEditor:
     """Edit videos with a Wan2.2 TI2V-5B checkpoint; load once, run many edits."""
 
     def __init__(self, ckpt_dir, device=None, offload_model=False, t5_cpu=False, convert_model_dtype=False,
-                 config=None, compile_model=False, vae_dtype=torch.float32):
+                 config=None, compile_model=False, vae_dtype=torch.float32, load=("t5", "vae", "dit")):
         self.config = config or WAN_CONFIGS["ti2v-5B"]
         self.offload_model = offload_model
         self.model = WanTI2V(self.config, ckpt_dir, device=device, t5_cpu=t5_cpu,
                              convert_model_dtype=convert_model_dtype, compile_model=compile_model,
-                             vae_dtype=vae_dtype)
+                             vae_dtype=vae_dtype, load=load)
         self.device = self.model.device
-        dit = self.model.experts[0]
-        self.model_id = hashlib.sha256(json.dumps({**dit.config, "text_dim": dit.text_dim}).encode()).hexdigest()[:16]
+        self.model_id = checkpoint_fingerprint(ckpt_dir, self.config)
 
     # -- inputs ----------------------------------------------------------------------------
     def load_source(self, source_video, frame_num, max_area):
@@ -134,62 +134,85 @@ class TI2VInversionEditor:
     def encode(self, frames):
         return self.model.vae.encode([to_model_range(frames).to(self.device)])[0]
 
-    # -- the two passes ----------------------------------------------------------------------
-    def _field(self, prompt, n_prompt, guide_scale, first_frame, seq_len):
+    def encode_target_frame(self, target_image, size):
+        """Latent of the edited first frame, resized/cropped to `size` (W, H) like the source."""
+        image = load_image(target_image) if isinstance(target_image, (str, os.PathLike)) else target_image
+        return self.encode(image_to_frames(resize_center_crop(image.convert("RGB"), *size)))
+
+    def encode_text(self, prompt, n_prompt="", guide_scale=1.0):
+        """(context, context_null); the negative prompt is encoded only when CFG needs it."""
         context, context_null = self.model.encode_prompts(prompt, n_prompt, self.offload_model)
-        condition = flow.FirstFrameCondition(first_frame, self.config.patch_size)
-        field = flow.GuidedVelocity(self.model.experts, context, context_null if guide_scale != 1.0 else None,
-                                    guide_scale, seq_len=seq_len, condition=condition,
-                                    prepare=self.model._placer(self.offload_model))
+        return context, (context_null if guide_scale != 1.0 else None)
+
+    # -- the two passes over latents (no text or VAE encoder needed) ----------------------------
+    def _field(self, context, context_null, guide_scale, first_frame, latent_shape):
+        condition = flow.FirstFrameCondition(first_frame.to(self.device), self.config.patch_size)
+        field = flow.GuidedVelocity(self.model.experts, context, context_null, guide_scale,
+                                    seq_len=flow.seq_len_for(latent_shape, self.config.patch_size),
+                                    condition=condition, prepare=self.model._placer(self.offload_model))
         return field, condition
 
+    @torch.no_grad()
+    def invert_latent(self, latent, context, context_null, shift=5.0, inversion_steps=50, guide_scale=1.0,
+                      scheme="euler", strength=1.0):
+        """Integrate the source latent from sigma 0 up the schedule (all of it, or the low-noise
+        fraction `strength`), its first frame held fixed. Returns (latent at sigma, sigma)."""
+        if not 0.0 < strength <= 1.0:
+            raise WanInputError(f"--inversion_strength must be in (0, 1], got {strength}")
+        latent = latent.to(self.device)
+        field, condition = self._field(context, context_null, guide_scale, latent[:, :1], latent.shape)
+        schedule = flow.make_schedule("euler", inversion_steps, shift, self.config.num_train_timesteps)
+        partial = schedule.tail(max(1, round(strength * inversion_steps)))
+        with self.model.autocast():
+            noise = flow.invert(field, latent, partial, scheme, condition)
+        self.model._release(self.offload_model)
+        return noise, float(partial.sigmas[0])
+
+    @torch.no_grad()
+    def generate_latent(self, noise, sigma, first_frame, context, context_null, shift=5.0, generation_steps=50,
+                        guide_scale=5.0, sample_solver="euler"):
+        """Sample from a latent inverted up to `sigma`, with `first_frame` held fixed."""
+        noise = noise.to(self.device)
+        field, condition = self._field(context, context_null, guide_scale, first_frame, noise.shape)
+        schedule = flow.make_schedule(sample_solver, generation_steps, shift, self.config.num_train_timesteps)
+        start = first_index_at_or_below(schedule.sigmas, sigma)
+        with self.model.autocast():
+            edited = flow.sample(field, noise, schedule, condition, start=start)
+        self.model._release(self.offload_model)
+        return edited
+
+    # -- the public one-call API ----------------------------------------------------------------
     @torch.no_grad()
     def invert(self, source_video, source_prompt, frame_num=17, max_area=704 * 1280, shift=5.0, inversion_steps=50,
                guide_scale_inversion=1.0, n_prompt="", scheme="euler", strength=1.0, clip=None):
         """Invert the source clip to noise (or, with strength < 1, part of the way)."""
-        if not 0.0 < strength <= 1.0:
-            raise WanInputError(f"--inversion_strength must be in (0, 1], got {strength}")
         clip = clip or self.load_source(source_video, frame_num, max_area)
         latent = self.encode(clip.frames)
-        first_frame = latent[:, :1].clone()  # causal VAE: equal to encoding frame 0 alone
-        field, condition = self._field(source_prompt, n_prompt, guide_scale_inversion, first_frame,
-                                       flow.seq_len_for(latent.shape, self.config.patch_size))
-        schedule = flow.make_schedule("euler", inversion_steps, shift, self.config.num_train_timesteps)
-        steps = max(1, round(strength * inversion_steps))
-        partial = schedule.tail(steps)
-        with self.model.autocast():
-            noise = flow.invert(field, latent, partial, scheme, condition)
-        self.model._release(self.offload_model)
+        context, context_null = self.encode_text(source_prompt, n_prompt, guide_scale_inversion)
+        noise, sigma = self.invert_latent(latent, context, context_null, shift, inversion_steps,
+                                          guide_scale_inversion, scheme, strength)
         settings = dict(video=clip.path, video_sha256=clip.sha256, fps=clip.fps, frame_num=clip.frames.shape[0],
                         size=[clip.frames.shape[2], clip.frames.shape[1]], shift=shift,
-                        inversion_steps=inversion_steps, scheme=scheme, strength=strength,
-                        sigma=float(partial.sigmas[0]), guide_scale_inversion=guide_scale_inversion,
-                        source_prompt=source_prompt, model=self.model_id)
-        return Inversion(noise, first_frame, settings)
+                        inversion_steps=inversion_steps, scheme=scheme, strength=strength, sigma=sigma,
+                        guide_scale_inversion=guide_scale_inversion, source_prompt=source_prompt,
+                        model=self.model_id)
+        # Causal VAE: the first latent frame of the clip equals encoding frame 0 alone.
+        return Inversion(noise, latent[:, :1].clone(), settings)
 
     @torch.no_grad()
     def generate_from_inversion(self, inversion, target_prompt, target_image=None, generation_steps=50,
-                                guide_scale_generation=5.0, n_prompt="", sample_solver="euler", clip=None,
-                                decode=True):
+                                guide_scale_generation=5.0, n_prompt="", sample_solver="euler", decode=True):
         """Regenerate from an inversion with a new first frame and prompt. `target_image` is a
         path or PIL image (None: the source's first frame). Returns [3, F, H, W] in [-1, 1]
         (or the latent with decode=False)."""
         if target_image is None:
-            first_frame = inversion.source_first_frame.to(self.device)
+            first_frame = inversion.source_first_frame
         else:
-            width, height = inversion.settings["size"]
-            image = load_image(target_image) if isinstance(target_image, (str, os.PathLike)) else target_image
-            frame = image_to_frames(resize_center_crop(image.convert("RGB"), width, height))
-            first_frame = self.encode(frame)
-        latent = inversion.latent.to(self.device)
-        field, condition = self._field(target_prompt, n_prompt, guide_scale_generation, first_frame,
-                                       flow.seq_len_for(latent.shape, self.config.patch_size))
-        schedule = flow.make_schedule(sample_solver, generation_steps, inversion.settings["shift"],
-                                      self.config.num_train_timesteps)
-        start = first_index_at_or_below(schedule.sigmas, inversion.settings["sigma"])
-        with self.model.autocast():
-            edited = flow.sample(field, latent, schedule, condition, start=start)
-        self.model._release(self.offload_model)
+            first_frame = self.encode_target_frame(target_image, inversion.settings["size"])
+        context, context_null = self.encode_text(target_prompt, n_prompt, guide_scale_generation)
+        edited = self.generate_latent(inversion.latent, inversion.settings["sigma"], first_frame, context,
+                                      context_null, inversion.settings["shift"], generation_steps,
+                                      guide_scale_generation, sample_solver)
         return self.model.decode(edited) if decode else edited
 
     def edit_video(self, source_video, source_prompt, target_prompt, target_image=None, max_area=704 * 1280,
@@ -202,6 +225,92 @@ class TI2VInversionEditor:
                                 guide_scale_inversion, n_prompt, inversion_scheme, inversion_strength)
         return self.generate_from_inversion(inversion, target_prompt, target_image, generation_steps,
                                             guide_scale_generation, n_prompt, sample_solver)
+
+
+EDIT_DEFAULTS = dict(frame_num=17, max_area=704 * 1280, shift=5.0, inversion_steps=50, generation_steps=50,
+                     guide_scale_inv=1.0, guide_scale_gen=5.0, sample_solver="euler", inversion_scheme="euler",
+                     inversion_strength=1.0, n_prompt="")
+
+
+@dataclass
+class EditInputs:
+    """Everything the latent passes of one edit need: the encode stage's output."""
+
+    tensors: dict  # source_latent, target_first_frame, source_context, target_context[, null_context]
+    settings: dict
+
+
+class StagedEdit:
+    """One edit as encode -> denoise -> decode steps over an editor; `run_all` chains them in one
+    process, the staged CLI runs each in its own with the files of `wan.staged` in between."""
+
+    def __init__(self, editor):
+        self.editor = editor
+
+    @torch.no_grad()
+    def encode(self, video, source_prompt, target_prompt, target_image=None, **options):
+        e, o = self.editor, {**EDIT_DEFAULTS, **options}
+        clip = e.load_source(video, o["frame_num"], o["max_area"])
+        latent = e.encode(clip.frames)
+        size = [clip.frames.shape[2], clip.frames.shape[1]]
+        target = latent[:, :1] if target_image is None else e.encode_target_frame(target_image, size)
+        needs_null = o["guide_scale_inv"] != 1.0 or o["guide_scale_gen"] != 1.0
+        source_context, null_context = e.model.encode_prompts(source_prompt, o["n_prompt"], e.offload_model)
+        target_context, _ = e.model.encode_prompts(target_prompt, o["n_prompt"], e.offload_model)
+        tensors = dict(source_latent=latent, target_first_frame=target, source_context=source_context[0],
+                       target_context=target_context[0])
+        if needs_null:
+            tensors["null_context"] = null_context[0]
+        settings = dict(o, video=str(video), video_sha256=clip.sha256, fps=clip.fps, size=size,
+                        frame_num=clip.frames.shape[0], source_prompt=source_prompt, target_prompt=target_prompt,
+                        target_image=None if target_image is None else str(target_image))
+        return EditInputs(tensors, settings)
+
+    @torch.no_grad()
+    def denoise(self, inputs, load_inversion=None, save_inversion=None):
+        """Invert (or reuse a saved inversion), then regenerate: the final latent."""
+        e, s, t = self.editor, inputs.settings, {k: v.to(self.editor.device) for k, v in inputs.tensors.items()}
+        null = t.get("null_context")
+        if load_inversion:
+            inversion = Inversion.load(load_inversion)
+            inversion.check_matches(dict(video_sha256=s["video_sha256"], size=s["size"], frame_num=s["frame_num"],
+                                         model=e.model_id))
+            log.info("reusing inversion %s", load_inversion)
+        else:
+            noise, sigma = e.invert_latent(t["source_latent"], [t["source_context"]],
+                                           [null] if s["guide_scale_inv"] != 1.0 else None, s["shift"],
+                                           s["inversion_steps"], s["guide_scale_inv"], s["inversion_scheme"],
+                                           s["inversion_strength"])
+            inversion = Inversion(noise, t["source_latent"][:, :1].clone(), dict(
+                video=s["video"], video_sha256=s["video_sha256"], fps=s["fps"], frame_num=s["frame_num"],
+                size=s["size"], shift=s["shift"], inversion_steps=s["inversion_steps"],
+                scheme=s["inversion_scheme"], strength=s["inversion_strength"], sigma=sigma,
+                guide_scale_inversion=s["guide_scale_inv"], source_prompt=s["source_prompt"], model=e.model_id))
+            if save_inversion:
+                inversion.save(save_inversion)
+                log.info("saved inversion to %s", save_inversion)
+        return e.generate_latent(inversion.latent, inversion.settings["sigma"], t["target_first_frame"],
+                                 [t["target_context"]], [null] if s["guide_scale_gen"] != 1.0 else None,
+                                 inversion.settings["shift"], s["generation_steps"], s["guide_scale_gen"],
+                                 s["sample_solver"])
+
+    def decode(self, latent):
+        return self.editor.model.decode(latent)
+
+
+def write_comparison(output, source_frames, target_frame, edited, fps):
+    """OUTPUT_comparison.mp4 with three panels per frame (source | target image held | edit), and
+    the three first frames as PNGs beside the output."""
+    from PIL import Image
+
+    stem = os.path.splitext(output)[0]
+    edited_frames = from_model_range(edited)
+    frames = source_frames[: edited_frames.shape[0]]
+    held = target_frame.expand(edited_frames.shape[0], -1, -1, -1)
+    write_video(torch.cat([frames, held, edited_frames], dim=2), f"{stem}_comparison.mp4", fps=fps)
+    for name, frame in (("source", frames[0]), ("target", target_frame[0]), ("edited", edited_frames[0])):
+        with atomic_path(f"{stem}_{name}_first_frame.png") as tmp:
+            Image.fromarray(frame.numpy()).save(tmp)
 
 
 def first_index_at_or_below(sigmas, sigma):

@@ -141,6 +141,37 @@ class FlowScheduler:
                              f"({self.timesteps[0].item()} ... {self.timesteps[-1].item()})")
         return matches[1] if len(matches) > 1 else matches[0]
 
+    def solver_state(self):
+        """Everything needed to resume after the steps taken so far: (tensors, plain values).
+        Multistep history (previous model outputs, the last sample) is what makes a resumed run
+        equal an uninterrupted one."""
+        tensors, values = {}, {"step_index": self._step_index}
+        for name in ("model_outputs", "last_sample", "lower_order_nums", "this_order"):
+            if not hasattr(self, name):
+                continue
+            value = getattr(self, name)
+            if isinstance(value, list):
+                values[name] = len(value)
+                tensors.update({f"{name}.{i}": t for i, t in enumerate(value) if t is not None})
+            elif isinstance(value, torch.Tensor):
+                tensors[name] = value
+            else:
+                values[name] = value
+        return tensors, values
+
+    def load_solver_state(self, tensors, values):
+        """Restore what `solver_state` returned (after set_timesteps with the same grid)."""
+        self._step_index = values["step_index"]
+        for name in ("model_outputs", "last_sample", "lower_order_nums", "this_order"):
+            if not hasattr(self, name):
+                continue
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, [tensors.get(f"{name}.{i}") for i in range(values[name])])
+            elif name in values:
+                setattr(self, name, values[name])
+            else:
+                setattr(self, name, tensors.get(name))
+
     def scale_model_input(self, sample, *args, **kwargs):
         """Flow models take the sample unscaled; kept for diffusers-style callers."""
         return sample

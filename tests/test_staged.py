@@ -1,0 +1,83 @@
+"""Staged runs: encode / denoise / decode as separate processes give the same video as one run;
+denoise checkpoints resume exactly; stage files refuse mismatched flags, models and truncation."""
+import os
+
+import pytest
+import torch
+
+from conftest import DATA, run_script
+from wan import staged
+from wan.configs import WAN_CONFIGS
+from wan.text2video import WanT2V
+from wan.utils.video_io import read_video
+
+KITTEN = os.path.join(DATA, "kitten-turning-head")
+
+
+def edit_args(ckpt, tmp_path, *extra):
+    return ["ti2v_inversion_edit.py", "--ckpt_dir", ckpt, "--video", os.path.join(KITTEN, "source.mp4"),
+            "--source_prompt", "a kitten", "--target_prompt", "a dog",
+            "--target_image", os.path.join(KITTEN, "edited_first_frame.png"), "--frame_num", "5",
+            "--inversion_steps", "3", "--generation_steps", "3", "--max_area", "4096", "--device", "cpu", *extra]
+
+
+def check_ok(result):
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_editor_stages_in_separate_processes_equal_one_run(tiny_checkpoint, tmp_path):
+    ckpt = tiny_checkpoint("ti2v-5B")
+    whole = tmp_path / "whole.mp4"
+    check_ok(run_script(*edit_args(ckpt, tmp_path, "--output", str(whole))))
+    stage_dir = tmp_path / "stages"
+    parted = tmp_path / "parted.mp4"
+    for stage in ("encode", "denoise", "decode"):
+        check_ok(run_script(*edit_args(ckpt, tmp_path, "--output", str(parted), "--stage", stage,
+                                       "--stage_dir", str(stage_dir))))
+    assert open(whole, "rb").read() == open(parted, "rb").read()
+    # A later stage with a contradicting flag, or a truncated stage file, is refused in one line.
+    result = run_script(*edit_args(ckpt, tmp_path, "--output", str(parted), "--stage", "denoise",
+                                   "--stage_dir", str(stage_dir), "--shift", "3"))
+    assert result.returncode != 0 and "--shift 3.0 disagrees" in result.stderr.splitlines()[-1]
+    encoded = stage_dir / staged.ENCODED
+    encoded.write_bytes(encoded.read_bytes()[:300])
+    result = run_script(*edit_args(ckpt, tmp_path, "--stage", "denoise", "--stage_dir", str(stage_dir)))
+    assert result.returncode != 0 and "truncated" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def t2v(tiny_checkpoint):
+    ckpt = tiny_checkpoint("t2v-A14B")
+    config = WAN_CONFIGS["t2v-A14B"]
+    return WanT2V(config, ckpt, device="cpu"), staged.checkpoint_fingerprint(ckpt, config)
+
+
+@pytest.mark.parametrize("solver", ["unipc", "dpm++", "euler"])
+def test_denoise_resumes_exactly_after_a_stop(t2v, tmp_path, solver):
+    task, fingerprint = t2v
+    job = task.prepare("a fox", size=(64, 64), frame_num=5, shift=12.0, sample_solver=solver, sampling_steps=8,
+                       guide_scale=(3.0, 4.0), seed=3)
+    uninterrupted = staged.denoise(task, job, str(tmp_path), fingerprint)
+    assert staged.denoise(task, job, str(tmp_path), fingerprint, save_every=2, stop_after=3) is None
+    assert (tmp_path / staged.CHECKPOINT).exists()
+    resumed = staged.denoise(task, job, str(tmp_path), fingerprint, save_every=2)
+    assert torch.equal(uninterrupted, resumed)
+    assert not (tmp_path / staged.CHECKPOINT).exists()
+
+
+def test_stage_files_refuse_another_model(t2v, tmp_path):
+    task, fingerprint = t2v
+    job = task.prepare("a fox", size=(64, 64), frame_num=5, sampling_steps=2, seed=1)
+    path = str(tmp_path / staged.ENCODED)
+    staged.save_job(job, path, fingerprint)
+    loaded = staged.load_job(path, fingerprint)
+    assert torch.equal(loaded.noise, job.noise) and loaded.settings == job.settings
+    with pytest.raises(ValueError, match="another model"):
+        staged.load_job(path, "0123456789abcdef")
+
+
+def test_fingerprint_changes_with_the_model(tiny_checkpoint):
+    config = WAN_CONFIGS["ti2v-5B"]
+    assert staged.checkpoint_fingerprint(tiny_checkpoint("ti2v-5B"), config) != \
+        staged.checkpoint_fingerprint(tiny_checkpoint("t2v-1.3B"), config)
