@@ -95,9 +95,25 @@ def test_cli_edit_with_comparison_and_saved_inversion(tiny_checkpoint, tmp_path)
     assert comparison[0] == 9 and (comparison[2], comparison[3]) == (3 * 64, 64)
     for name in ("source", "target", "edited"):
         assert os.path.exists(tmp_path / f"edit_{name}_first_frame.png")
-    # A re-edit from the saved inversion equals the fresh edit.
+    # A re-edit from the saved inversion gives the same video (exact latents: see the next test;
+    # the mp4s are compared loosely since the codec need not be bit-reproducible across machines).
     ti2v_inversion_edit.main(edit_argv(tmp_path, ckpt, "--load_inversion", inversion, output="again.mp4"))
-    assert torch.equal(read_video(out)[0], read_video(tmp_path / "again.mp4")[0])
+    difference = (read_video(out)[0].int() - read_video(tmp_path / "again.mp4")[0].int()).abs()
+    assert difference.float().mean() < 0.5 and difference.max() <= 16
+
+
+@torch.no_grad()
+def test_saved_inversion_reproduces_the_edit_exactly(editor, tmp_path):
+    from wan.inversion_edit import Inversion, StagedEdit
+
+    edit = StagedEdit(editor)
+    inputs = edit.encode(os.path.join(KITTEN, "source.mp4"), "a kitten", "a dog",
+                         os.path.join(KITTEN, "edited_first_frame.png"), frame_num=5, max_area=32 * 32,
+                         inversion_steps=3, generation_steps=3)
+    path = str(tmp_path / "inv.safetensors")
+    fresh = edit.denoise(inputs, save_inversion=path)
+    assert Inversion.load(path).settings["frame_num"] == 5
+    assert torch.equal(fresh, edit.denoise(inputs, load_inversion=path))
 
 
 def test_manifest_runs_all_and_resumes(tiny_checkpoint, tmp_path):
