@@ -1,6 +1,8 @@
-"""Generate a video with a Wan model: text-to-video, image-to-video or text+image-to-video.
+"""Generate a video with a Wan model: text-to-video, image-to-video, text+image-to-video, or the
+continuation of a video (v2v: its last frame and a VLM caption condition image-to-video).
 
     python generate.py --task ti2v-5B --ckpt_dir ./Wan2.2-TI2V-5B --size 1280*704 --prompt "..."
+    python generate.py --task v2v-5B --ckpt_dir ./Wan2.2-TI2V-5B --video in.mp4 --vlm_path ./InternVL3_5-8B-HF
 
 Flags and defaults follow the official Wan2.2 generate.py; --device and --fps are additions."""
 import logging
@@ -10,15 +12,16 @@ from datetime import datetime
 import wan
 from wan.configs import SUPPORTED_SIZES, WAN_CONFIGS
 from wan.errors import WanInputError
-from wan.utils.cli import ArgumentParser, parse_size, run_cli, setup_logging
+from wan.utils.cli import ArgumentParser, add_speed_flags, parse_size, run_cli, setup_logging, vae_dtype
 from wan.utils.utils import save_video, str2bool
-from wan.utils.video_io import load_image
+from wan.utils.video_io import load_image, probe_video
 
 log = logging.getLogger("generate")
 
 TASK_CLASSES = {"t2v-A14B": "WanT2V", "t2v-14B": "WanT2V", "t2v-1.3B": "WanT2V", "i2v-A14B": "WanI2V",
-                "ti2v-5B": "WanTI2V"}
-DEFAULT_SIZE = {"ti2v-5B": "1280*704", "t2v-1.3B": "832*480"}
+                "ti2v-5B": "WanTI2V", "v2v-14B": "WanV2V", "v2v-5B": "WanV2V5B"}
+V2V_TASKS = ("v2v-14B", "v2v-5B")
+DEFAULT_SIZE = {"ti2v-5B": "1280*704", "v2v-5B": "1280*704", "t2v-1.3B": "832*480"}
 EXAMPLE_PROMPT = {
     "t2v": "A red fox trots through fresh snow in a quiet pine forest at sunrise, its breath steaming in the cold air.",
     "i2v": "The scene comes alive: gentle camera push-in, natural motion, soft light.",
@@ -39,7 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--t5_cpu", action="store_true", help="run the T5 encoder on the CPU")
     p.add_argument("--convert_model_dtype", action="store_true", help="cast the DiT weights to bf16 on load")
     p.add_argument("--save_file", default=None, help="output .mp4 (default: a name from task, size, prompt, time)")
-    p.add_argument("--prompt", default=None, help="the text prompt")
+    p.add_argument("--prompt", default=None,
+                   help="the text prompt (v2v: used as is without --vlm_path, else put before the caption)")
     p.add_argument("--n_prompt", default="", help="negative prompt (default: the official one)")
     p.add_argument("--use_prompt_extend", action="store_true", help="prompt rewriting (not available)")
     p.add_argument("--prompt_extend_method", default="local_qwen", choices=["dashscope", "local_qwen"])
@@ -51,8 +55,13 @@ def parse_args(argv=None):
     p.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default per task)")
     p.add_argument("--sample_shift", type=float, default=None, help="noise schedule shift (default per task)")
     p.add_argument("--sample_guide_scale", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--video", default=None, help="v2v: the video to continue (its last frame starts the output)")
+    p.add_argument("--vlm_path", default=None,
+                   help="v2v: captioner checkpoint folder (InternVL3.5 -HF, Qwen2.5-VL, Qwen3-VL)")
+    p.add_argument("--vlm_device", default=None, help="v2v: device of the captioner (default: --device)")
     p.add_argument("--device", default=None, help="torch device (default: cuda:0 if available, else cpu)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the mp4 (default per task)")
+    add_speed_flags(p)
     return p.parse_args(argv)
 
 
@@ -79,6 +88,7 @@ def check_args(args):
                     args.size, args.task, ", ".join(SUPPORTED_SIZES[args.task]))
     if args.task == "i2v-A14B" and not args.image:
         raise WanInputError("--image is required for i2v-A14B")
+    check_v2v_args(args)
     if args.sample_steps is not None and args.sample_steps < 1:
         raise WanInputError(f"--sample_steps must be at least 1, got {args.sample_steps}")
     args.offload_model = True if args.offload_model is None else args.offload_model
@@ -86,26 +96,48 @@ def check_args(args):
     args.sample_shift = cfg.sample_shift if args.sample_shift is None else args.sample_shift
     args.sample_guide_scale = cfg.sample_guide_scale if args.sample_guide_scale is None else args.sample_guide_scale
     args.fps = args.fps or cfg.sample_fps
-    args.prompt = args.prompt or EXAMPLE_PROMPT["t2v" if args.image is None else "i2v"]
+    if args.task not in V2V_TASKS:
+        args.prompt = args.prompt or EXAMPLE_PROMPT["t2v" if args.image is None else "i2v"]
     return width, height
 
 
+def check_v2v_args(args):
+    if args.task not in V2V_TASKS:
+        if args.video or args.vlm_path or args.vlm_device:
+            raise WanInputError(f"--video/--vlm_path/--vlm_device are for {' and '.join(V2V_TASKS)}, not {args.task}")
+        return
+    if not args.video:
+        raise WanInputError(f"--video is required for {args.task}")
+    if args.image:
+        raise WanInputError(f"--image is not used by {args.task}: the last frame of --video starts the output")
+    if not args.prompt and not args.vlm_path:
+        raise WanInputError(f"--vlm_path is required for {args.task} without --prompt (the captioner writes "
+                            "the prompt)")
+    probe_video(args.video)  # a missing or unreadable video fails before any model loads
+
+
 def default_save_file(args):
-    prompt = args.prompt.replace(" ", "_").replace("/", "_")[:50]
+    prompt = (args.prompt or os.path.basename(args.video)).replace(" ", "_").replace("/", "_")[:50]
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     return f"{args.task}_{args.size.replace('*', 'x')}_{args.ulysses_size}_{prompt}_{stamp}.mp4"
 
 
 def build_task(args):
     task_class = getattr(wan, TASK_CLASSES[args.task])
+    v2v = dict(vlm_path=args.vlm_path, vlm_device=args.vlm_device) if args.task in V2V_TASKS else {}
     return task_class(config=WAN_CONFIGS[args.task], checkpoint_dir=args.ckpt_dir, device=args.device,
-                      t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype)
+                      t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype, compile_model=args.compile,
+                      vae_dtype=vae_dtype(args.vae_dtype), **v2v)
 
 
 def run(task, args, width, height, image):
     common = dict(frame_num=args.frame_num, shift=args.sample_shift, sample_solver=args.sample_solver,
                   sampling_steps=args.sample_steps, guide_scale=args.sample_guide_scale, n_prompt=args.n_prompt,
                   seed=args.base_seed, offload_model=args.offload_model)
+    if args.task == "v2v-14B":
+        return task.v2v(args.video, args.prompt, max_area=width * height, **common).video
+    if args.task == "v2v-5B":
+        return task.v2v(args.video, args.prompt, size=(width, height), max_area=width * height, **common).video
     if args.task == "i2v-A14B":
         return task.generate(args.prompt, image, max_area=width * height, **common)
     if args.task == "ti2v-5B":

@@ -5,6 +5,8 @@ _TASKS = {
     "WanT2V": ".text2video",
     "WanI2V": ".image2video",
     "WanTI2V": ".textimage2video",
+    "WanV2V": ".video2video",
+    "WanV2V5B": ".video2video",
 }
 
 

@@ -80,6 +80,9 @@ WAN_CONFIGS = {
                        vae_checkpoint="Wan2.1_VAE.pth", vae_stride=(4, 8, 8), dim=5120, ffn_dim=13824,
                        num_heads=40, num_layers=40, sample_shift=5.0, sample_steps=50, sample_guide_scale=5.0),
 }
+# Video-to-video continuation runs the image-to-video models unchanged.
+WAN_CONFIGS["v2v-14B"] = Config(WAN_CONFIGS["i2v-A14B"], __name__="Config: Wan V2V 14B (I2V-A14B)")
+WAN_CONFIGS["v2v-5B"] = Config(WAN_CONFIGS["ti2v-5B"], __name__="Config: Wan V2V 5B (TI2V-5B)")
 
 SIZE_CONFIGS = {
     "720*1280": (720, 1280),
@@ -99,4 +102,6 @@ SUPPORTED_SIZES = {
     "ti2v-5B": ("704*1280", "1280*704"),
     "t2v-1.3B": ("480*832", "832*480"),
     "t2v-14B": _A14B_SIZES,
+    "v2v-14B": _A14B_SIZES,
+    "v2v-5B": ("704*1280", "1280*704"),
 }

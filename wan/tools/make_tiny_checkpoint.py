@@ -1,6 +1,7 @@
 """Write a tiny random-weight checkpoint in the official Wan directory layout.
 
     python -m wan.tools.make_tiny_checkpoint --task ti2v-5B DIR
+    python -m wan.tools.make_tiny_checkpoint --vlm internvl DIR     # a tiny captioner (or qwen2_5_vl)
 
 Same files, file names and key sets as the real checkpoints; only the widths are small, so every
 loader, task and script runs through the same code as with real weights, in seconds on a CPU.
@@ -16,8 +17,10 @@ from ..modules.model import WanModel
 from .randomize import randomize_
 from .tiny_t5 import write_tiny_t5
 from .tiny_vae import write_tiny_wan21_vae, write_tiny_wan22_vae
+from .tiny_vlm import ARCHITECTURES as VLM_ARCHITECTURES
+from .tiny_vlm import write_tiny_vlm
 
-TASKS = ("ti2v-5B", "i2v-A14B", "t2v-A14B", "t2v-1.3B")
+TASKS = ("ti2v-5B", "i2v-A14B", "t2v-A14B", "t2v-1.3B", "v2v-14B", "v2v-5B")
 TINY_DIT = dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=256)
 TINY_T5_DIM = 32
 SHARD_BYTES = 200_000  # small enough that every DiT is sharded with an index, like the real ones
@@ -54,14 +57,19 @@ def make_tiny_checkpoint(task, ckpt_dir, seed=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, choices=TASKS)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", choices=TASKS, help="a tiny Wan checkpoint for this task")
+    what.add_argument("--vlm", choices=VLM_ARCHITECTURES, help="a tiny captioner (transformers layout)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("ckpt_dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with torch.no_grad():
-        make_tiny_checkpoint(args.task, args.ckpt_dir, args.seed)
-    log.info("wrote a tiny %s checkpoint to %s", args.task, args.ckpt_dir)
+        if args.vlm:
+            write_tiny_vlm(args.vlm, args.ckpt_dir, args.seed)
+        else:
+            make_tiny_checkpoint(args.task, args.ckpt_dir, args.seed)
+    log.info("wrote a tiny %s checkpoint to %s", args.vlm or args.task, args.ckpt_dir)
 
 
 if __name__ == "__main__":
