@@ -11,6 +11,7 @@ from datetime import datetime
 
 import wan
 from wan.configs import SUPPORTED_SIZES, WAN_CONFIGS
+from wan import staged
 from wan.errors import WanInputError
 from wan.utils.cli import ArgumentParser, add_speed_flags, parse_size, run_cli, setup_logging, vae_dtype
 from wan.utils.utils import save_video, str2bool
@@ -51,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--prompt_extend_target_lang", default="zh", choices=["zh", "en"])
     p.add_argument("--base_seed", type=int, default=-1, help="random seed (-1: random)")
     p.add_argument("--image", default=None, help="input image (required for i2v-A14B, optional for ti2v-5B)")
-    p.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++", "euler"])
+    p.add_argument("--sample_solver", default=None, choices=["unipc", "dpm++", "euler"], help="default unipc")
     p.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default per task)")
     p.add_argument("--sample_shift", type=float, default=None, help="noise schedule shift (default per task)")
     p.add_argument("--sample_guide_scale", type=float, default=None, help="classifier-free guidance scale")
@@ -61,8 +62,21 @@ def parse_args(argv=None):
     p.add_argument("--vlm_device", default=None, help="v2v: device of the captioner (default: --device)")
     p.add_argument("--device", default=None, help="torch device (default: cuda:0 if available, else cpu)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the mp4 (default per task)")
+    p.add_argument("--stage", default="all", choices=list(STAGE_MODELS),
+                   help="run one stage: encode (T5 + VAE), denoise (DiT), decode (VAE); default all")
+    p.add_argument("--stage_dir", default=None, help="folder for the files the stages exchange")
+    p.add_argument("--save_every", type=int, default=0,
+                   help="denoise stage: keep a resumable checkpoint every N steps (a rerun resumes from it)")
+    p.add_argument("--stop_after_steps", type=int, default=None,
+                   help="denoise stage: stop after N steps of this run (resumable), e.g. to fit a time slot")
     add_speed_flags(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # What was given explicitly; a later stage checks it against the settings of its stage file.
+    args.requested = dict(size=None if args.size is None else list(parse_size(args.size)), frame_num=args.frame_num,
+                          shift=args.sample_shift, sampling_steps=args.sample_steps,
+                          sample_solver=args.sample_solver, guide_scale=args.sample_guide_scale,
+                          seed=None if args.base_seed < 0 else args.base_seed)
+    return args
 
 
 def check_args(args):
@@ -93,6 +107,7 @@ def check_args(args):
         raise WanInputError(f"--sample_steps must be at least 1, got {args.sample_steps}")
     args.offload_model = True if args.offload_model is None else args.offload_model
     args.sample_steps = args.sample_steps or cfg.sample_steps
+    args.sample_solver = args.sample_solver or "unipc"
     args.sample_shift = cfg.sample_shift if args.sample_shift is None else args.sample_shift
     args.sample_guide_scale = cfg.sample_guide_scale if args.sample_guide_scale is None else args.sample_guide_scale
     args.fps = args.fps or cfg.sample_fps
@@ -117,9 +132,12 @@ def check_v2v_args(args):
 
 
 def default_save_file(args):
-    prompt = (args.prompt or os.path.basename(args.video)).replace(" ", "_").replace("/", "_")[:50]
+    prompt = (args.prompt or os.path.basename(args.video or "staged")).replace(" ", "_").replace("/", "_")[:50]
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     return f"{args.task}_{args.size.replace('*', 'x')}_{args.ulysses_size}_{prompt}_{stamp}.mp4"
+
+
+STAGE_MODELS = {"all": ("t5", "vae", "dit"), "encode": ("t5", "vae"), "denoise": ("dit",), "decode": ("vae",)}
 
 
 def build_task(args):
@@ -127,33 +145,83 @@ def build_task(args):
     v2v = dict(vlm_path=args.vlm_path, vlm_device=args.vlm_device) if args.task in V2V_TASKS else {}
     return task_class(config=WAN_CONFIGS[args.task], checkpoint_dir=args.ckpt_dir, device=args.device,
                       t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype, compile_model=args.compile,
-                      vae_dtype=vae_dtype(args.vae_dtype), **v2v)
+                      vae_dtype=vae_dtype(args.vae_dtype), load=STAGE_MODELS[args.stage], **v2v)
 
 
-def run(task, args, width, height, image):
+def prepare_job(task, args, width, height, image):
+    """The encode step of every task: text embeddings, condition latents, noise."""
     common = dict(frame_num=args.frame_num, shift=args.sample_shift, sample_solver=args.sample_solver,
                   sampling_steps=args.sample_steps, guide_scale=args.sample_guide_scale, n_prompt=args.n_prompt,
                   seed=args.base_seed, offload_model=args.offload_model)
-    if args.task == "v2v-14B":
-        return task.v2v(args.video, args.prompt, max_area=width * height, **common).video
-    if args.task == "v2v-5B":
-        return task.v2v(args.video, args.prompt, size=(width, height), max_area=width * height, **common).video
-    if args.task == "i2v-A14B":
-        return task.generate(args.prompt, image, max_area=width * height, **common)
-    if args.task == "ti2v-5B":
-        return task.generate(args.prompt, img=image, size=(width, height), max_area=width * height, **common)
-    return task.generate(args.prompt, size=(width, height), **common)
+    if args.task in V2V_TASKS:
+        image, args.prompt = task.continuation_inputs(args.video, args.prompt)
+        log.info("continuing %s with the prompt: %s", args.video, args.prompt)
+    if args.task in ("i2v-A14B", "v2v-14B"):
+        return task.prepare(args.prompt, image, max_area=width * height, **common)
+    if args.task in ("ti2v-5B", "v2v-5B"):
+        return task.prepare(args.prompt, img=image, size=(width, height), max_area=width * height, **common)
+    return task.prepare(args.prompt, size=(width, height), **common)
+
+
+def check_stage_args(args):
+    if args.stage == "all":
+        return
+    if not args.stage_dir:
+        raise WanInputError(f"--stage {args.stage} needs --stage_dir")
+    if not os.path.isdir(args.ckpt_dir):
+        raise WanInputError(f"--ckpt_dir: checkpoint directory not found: {args.ckpt_dir}")
+    if args.save_every < 0 or (args.stop_after_steps is not None and args.stop_after_steps < 1):
+        raise WanInputError("--save_every must be >= 0 and --stop_after_steps >= 1")
+
+
+def run_stages(args, image=None):
+    """Encode, denoise and decode, all in this process or the one --stage names; returns the
+    video for the decode step, else None."""
+    fingerprint = staged.checkpoint_fingerprint(args.ckpt_dir, WAN_CONFIGS[args.task])
+    encoded, latent_file = (os.path.join(args.stage_dir or "", name) for name in (staged.ENCODED, staged.LATENT))
+    task = build_task(args)
+    if args.stage in ("all", "encode"):
+        width, height = parse_size(args.size)
+        job = prepare_job(task, args, width, height, image)
+        if args.stage == "encode":
+            staged.save_job(job, encoded, fingerprint)
+            log.info("encoded to %s; next: --stage denoise", encoded)
+            return None
+    elif args.stage == "denoise":
+        job = staged.load_job(encoded, fingerprint, task.device)
+        staged.check_requested(job.settings, args.requested, encoded)
+    if args.stage == "denoise":
+        latent = staged.denoise(task, job, args.stage_dir, fingerprint, args.save_every, args.stop_after_steps,
+                                args.offload_model)
+        if latent is not None:
+            staged.save_latent(latent, job.settings, fingerprint, latent_file)
+            log.info("denoised to %s; next: --stage decode", latent_file)
+        return None
+    if args.stage == "all":
+        latent = task.denoise(job, args.offload_model)
+    else:
+        latent, settings = staged.load_latent(latent_file, fingerprint)
+        staged.check_requested(settings, args.requested, latent_file)
+    return task.decode(latent)
 
 
 def main(argv=None):
     setup_logging()
     args = parse_args(argv)
-    width, height = check_args(args)
-    image = load_image(args.image) if args.image else None
-    log.info("task %s, size %dx%d, %d frames, %d %s steps, shift %s, guide %s", args.task, width, height,
-             args.frame_num, args.sample_steps, args.sample_solver, args.sample_shift, args.sample_guide_scale)
-    task = build_task(args)
-    video = run(task, args, width, height, image)
+    check_stage_args(args)
+    image = None
+    if args.stage in ("all", "encode"):
+        width, height = check_args(args)
+        image = load_image(args.image) if args.image else None  # a bad image fails before models load
+        log.info("task %s, size %dx%d, %d frames, %d %s steps, shift %s, guide %s", args.task, width, height,
+                 args.frame_num, args.sample_steps, args.sample_solver, args.sample_shift, args.sample_guide_scale)
+    else:
+        args.offload_model = True if args.offload_model is None else args.offload_model
+        args.size = args.size or DEFAULT_SIZE.get(args.task, "1280*720")
+        args.fps = args.fps or WAN_CONFIGS[args.task].sample_fps
+    video = run_stages(args, image)
+    if video is None:
+        return None
     save_file = args.save_file or default_save_file(args)
     save_video(video[None], save_file=save_file, fps=args.fps, nrow=1, normalize=True, value_range=(-1, 1))
     log.info("saved %s (%d frames, %dx%d, %d fps)", save_file, video.shape[1], video.shape[3], video.shape[2],

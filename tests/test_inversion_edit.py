@@ -95,8 +95,8 @@ def test_cli_edit_with_comparison_and_saved_inversion(tiny_checkpoint, tmp_path)
     assert comparison[0] == 9 and (comparison[2], comparison[3]) == (3 * 64, 64)
     for name in ("source", "target", "edited"):
         assert os.path.exists(tmp_path / f"edit_{name}_first_frame.png")
-    # A re-edit from the saved inversion gives the same video (exact latents: see the next test;
-    # the mp4s are compared loosely since the codec need not be bit-reproducible across machines).
+    # A re-edit from the saved inversion gives the same video (exact latents: see the next test; the
+    # mp4s loosely, as CPU reduction order can differ between runs and tiny random nets amplify it).
     ti2v_inversion_edit.main(edit_argv(tmp_path, ckpt, "--load_inversion", inversion, output="again.mp4"))
     difference = (read_video(out)[0].int() - read_video(tmp_path / "again.mp4")[0].int()).abs()
     assert difference.float().mean() < 0.5 and difference.max() <= 16
