@@ -11,7 +11,7 @@ from datetime import datetime
 
 import wan
 from wan.configs import SUPPORTED_SIZES, WAN_CONFIGS
-from wan import staged
+from wan import distributed, staged
 from wan.errors import WanInputError
 from wan.utils.cli import ArgumentParser, add_speed_flags, parse_size, run_cli, setup_logging, vae_dtype
 from wan.utils.utils import save_video, str2bool
@@ -37,9 +37,13 @@ def parse_args(argv=None):
     p.add_argument("--ckpt_dir", required=True, help="checkpoint directory (official layout)")
     p.add_argument("--offload_model", type=str2bool, default=None,
                    help="move models to the CPU after use to save GPU memory (default: true)")
-    p.add_argument("--ulysses_size", type=int, default=1, help="sequence-parallel size (multi-GPU, not yet)")
-    p.add_argument("--t5_fsdp", action="store_true", help="shard T5 with FSDP (multi-GPU, not yet)")
-    p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT with FSDP (multi-GPU, not yet)")
+    p.add_argument("--ulysses_size", type=int, default=1,
+                   help="Ulysses sequence-parallel size: the DiT's tokens split over this many GPUs (torchrun)")
+    p.add_argument("--t5_fsdp", action="store_true", help="shard T5 over the GPUs of a job with FSDP (torchrun)")
+    p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT over the GPUs of a job with FSDP (torchrun)")
+    p.add_argument("--cfg_parallel", action="store_true",
+                   help="prompt and negative-prompt passes on two halves of the GPUs (torchrun; 2 x --ulysses_size "
+                        "processes)")
     p.add_argument("--t5_cpu", action="store_true", help="run the T5 encoder on the CPU")
     p.add_argument("--convert_model_dtype", action="store_true", help="cast the DiT weights to bf16 on load")
     p.add_argument("--save_file", default=None, help="output .mp4 (default: a name from task, size, prompt, time)")
@@ -81,9 +85,11 @@ def parse_args(argv=None):
 
 def check_args(args):
     cfg = WAN_CONFIGS[args.task]
-    if args.ulysses_size > 1 or args.t5_fsdp or args.dit_fsdp:
-        raise WanInputError("--ulysses_size/--t5_fsdp/--dit_fsdp: multi-GPU generation is not available yet; "
-                            "run on one GPU")
+    if args.ulysses_size < 1 or cfg.num_heads % args.ulysses_size:
+        raise WanInputError(f"--ulysses_size {args.ulysses_size} must divide the {cfg.num_heads} attention heads "
+                            f"of {args.task}")
+    if distributed.launched_with_torchrun() and args.device:
+        raise WanInputError("--device: under torchrun each process uses cuda:LOCAL_RANK")
     if args.use_prompt_extend:
         raise WanInputError("--use_prompt_extend: prompt extension is not available in this toolkit")
     if not os.path.isdir(args.ckpt_dir):
@@ -145,7 +151,9 @@ def build_task(args):
     v2v = dict(vlm_path=args.vlm_path, vlm_device=args.vlm_device) if args.task in V2V_TASKS else {}
     return task_class(config=WAN_CONFIGS[args.task], checkpoint_dir=args.ckpt_dir, device=args.device,
                       t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype, compile_model=args.compile,
-                      vae_dtype=vae_dtype(args.vae_dtype), load=STAGE_MODELS[args.stage], **v2v)
+                      vae_dtype=vae_dtype(args.vae_dtype), load=STAGE_MODELS[args.stage], rank=distributed.get_rank(),
+                      t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp, use_sp=args.ulysses_size > 1,
+                      cfg_parallel=args.cfg_parallel, **v2v)
 
 
 def prepare_job(task, args, width, height, image):
@@ -184,7 +192,8 @@ def run_stages(args, image=None):
         width, height = parse_size(args.size)
         job = prepare_job(task, args, width, height, image)
         if args.stage == "encode":
-            staged.save_job(job, encoded, fingerprint)
+            if distributed.is_main_process():
+                staged.save_job(job, encoded, fingerprint)
             log.info("encoded to %s; next: --stage denoise", encoded)
             return None
     elif args.stage == "denoise":
@@ -193,7 +202,7 @@ def run_stages(args, image=None):
     if args.stage == "denoise":
         latent = staged.denoise(task, job, args.stage_dir, fingerprint, args.save_every, args.stop_after_steps,
                                 args.offload_model)
-        if latent is not None:
+        if latent is not None and distributed.is_main_process():
             staged.save_latent(latent, job.settings, fingerprint, latent_file)
             log.info("denoised to %s; next: --stage decode", latent_file)
         return None
@@ -206,9 +215,12 @@ def run_stages(args, image=None):
 
 
 def main(argv=None):
-    setup_logging()
+    env = distributed.init_distributed()  # a no-op without torchrun
+    setup_logging(env.rank)
     args = parse_args(argv)
     check_stage_args(args)
+    distributed.make_layout(args.ulysses_size, args.cfg_parallel)
+    args.base_seed = distributed.shared_seed(args.base_seed)
     image = None
     if args.stage in ("all", "encode"):
         width, height = check_args(args)
@@ -219,8 +231,9 @@ def main(argv=None):
         args.offload_model = True if args.offload_model is None else args.offload_model
         args.size = args.size or DEFAULT_SIZE.get(args.task, "1280*720")
         args.fps = args.fps or WAN_CONFIGS[args.task].sample_fps
+    args.device = args.device or env.device
     video = run_stages(args, image)
-    if video is None:
+    if video is None or not distributed.is_main_process():  # one writer under torchrun
         return None
     save_file = args.save_file or default_save_file(args)
     save_video(video[None], save_file=save_file, fps=args.fps, nrow=1, normalize=True, value_range=(-1, 1))

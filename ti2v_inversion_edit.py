@@ -14,9 +14,7 @@ import os
 
 from wan.errors import WanInputError
 from wan.flow import INVERSION_SCHEMES, SOLVERS
-from tqdm import tqdm
-
-from wan import staged
+from wan import distributed, staged
 from wan.inversion_edit import EDIT_DEFAULTS, EditInputs, StagedEdit, TI2VInversionEditor, write_comparison
 from wan.utils.cli import ArgumentParser, add_speed_flags, run_cli, setup_logging, vae_dtype
 from wan.utils.utils import save_video, str2bool
@@ -57,6 +55,10 @@ def parse_args(argv=None):
     p.add_argument("--comparison", action="store_true",
                    help="also write OUTPUT_comparison.mp4 (source | target image | edit) and first-frame PNGs")
     p.add_argument("--manifest", default=None, help="JSONL file of edits to run with the models loaded once")
+    p.add_argument("--ulysses_size", type=int, default=1, help="Ulysses sequence-parallel size (torchrun)")
+    p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT over the GPUs of an edit (torchrun)")
+    p.add_argument("--t5_fsdp", action="store_true", help="shard T5 over the GPUs of an edit (torchrun)")
+    p.add_argument("--cfg_parallel", action="store_true", help="guidance branches on two halves of the GPUs")
     p.add_argument("--stage", default="all", choices=sorted(STAGE_MODELS),
                    help="run one stage: encode (T5 + VAE), denoise (DiT), decode (VAE); default all")
     p.add_argument("--stage_dir", default=None, help="folder for the files the stages exchange")
@@ -134,9 +136,10 @@ def run_edit(staged_edit, args, edit, fingerprint):
         inputs = staged_edit.encode(edit["video"], edit["source_prompt"], edit["target_prompt"],
                                     edit.get("target_image"), **options)
         if args.stage == "encode":
-            staged.write_stage_file(stage_path(args, staged.ENCODED), inputs.tensors,
-                                    {"settings": inputs.settings, "fingerprint": fingerprint})
-            log.info("encoded; next: --stage denoise --stage_dir %s", args.stage_dir)
+            if args.writes_outputs:
+                staged.write_stage_file(stage_path(args, staged.ENCODED), inputs.tensors,
+                                        {"settings": inputs.settings, "fingerprint": fingerprint})
+                log.info("encoded; next: --stage denoise --stage_dir %s", args.stage_dir)
             return
     else:
         path = stage_path(args, staged.ENCODED)
@@ -145,10 +148,11 @@ def run_edit(staged_edit, args, edit, fingerprint):
         staged.check_requested(header["settings"], {k: v for k, v in args.requested.items() if k in options}, path)
         inputs = EditInputs(tensors, header["settings"])
     if args.stage in ("all", "denoise"):
-        latent = staged_edit.denoise(inputs, args.load_inversion, args.save_inversion)
+        latent = staged_edit.denoise(inputs, args.load_inversion, args.save_inversion if args.writes_outputs else None)
         if args.stage == "denoise":
-            staged.save_latent(latent, inputs.settings, fingerprint, stage_path(args, staged.LATENT))
-            log.info("denoised; next: --stage decode --stage_dir %s", args.stage_dir)
+            if args.writes_outputs:
+                staged.save_latent(latent, inputs.settings, fingerprint, stage_path(args, staged.LATENT))
+                log.info("denoised; next: --stage decode --stage_dir %s", args.stage_dir)
             return
     else:
         latent, _ = staged.load_latent(stage_path(args, staged.LATENT), fingerprint)
@@ -156,6 +160,8 @@ def run_edit(staged_edit, args, edit, fingerprint):
 
 
 def write_outputs(staged_edit, args, edit, settings, latent):
+    if not args.writes_outputs:
+        return
     edited = staged_edit.decode(latent)
     fps = args.fps or settings["fps"]
     output = edit["output"]
@@ -171,23 +177,30 @@ STAGE_MODELS = {"all": ("t5", "vae", "dit"), "encode": ("t5", "vae"), "denoise":
 
 
 def main(argv=None):
-    setup_logging()
+    env = distributed.init_distributed()  # a no-op without torchrun
+    setup_logging(env.rank)
     args = parse_args(argv)
     check_args(args)
+    # Under torchrun with --manifest and no other parallel flag, each GPU takes its share of edits.
+    layout = distributed.make_layout(args.ulysses_size, args.cfg_parallel, data_parallel=args.manifest is not None)
+    args.writes_outputs = layout.writes_outputs
     edits = edits_from(args)
-    pending = [e for e in edits if args.manifest is None or not os.path.exists(e["output"])]
-    if len(pending) < len(edits):
-        log.info("skipping %d finished edit(s)", len(edits) - len(pending))
+    if args.manifest is None:
+        pending = edits
+    else:
+        pending = distributed.my_pending_jobs(edits, lambda e: os.path.exists(e["output"]), layout)
+        log.info("%d of %d edits to run here", len(pending), len(edits))
     if not pending:
         return []
     if args.stage in ("all", "encode"):
         for edit in pending:
             check_edit_inputs(edit)
-    editor = TI2VInversionEditor(args.ckpt_dir, device=args.device, offload_model=args.offload_model,
+    editor = TI2VInversionEditor(args.ckpt_dir, device=args.device or env.device, offload_model=args.offload_model,
                                  t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype,
                                  compile_model=args.compile, vae_dtype=vae_dtype(args.vae_dtype),
-                                 load=STAGE_MODELS[args.stage])
-    for edit in tqdm(pending, desc="edits", disable=len(pending) < 2):
+                                 load=STAGE_MODELS[args.stage], t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp,
+                                 use_sp=args.ulysses_size > 1, cfg_parallel=args.cfg_parallel)
+    for edit in distributed.main_tqdm(pending, desc="edits", disable=len(pending) < 2):
         run_edit(StagedEdit(editor), args, edit, editor.model_id)
     return [e["output"] for e in pending]
 

@@ -12,10 +12,12 @@ import os
 import random
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
-from . import flow
+from . import distributed, flow
+from .distributed import is_sharded
 from .errors import CheckpointError, WanInputError
 from .modules.model import WanModel
 from .modules.t5 import T5EncoderModel
@@ -63,25 +65,52 @@ def check_frame_num(frame_num):
         raise WanInputError(f"--frame_num must be 4n+1 (1, 5, 9, ..., 81, 121), got {frame_num}")
 
 
+def parallel_layout(use_sp, cfg_parallel, fsdp):
+    """The process groups a task's multi-GPU flags run on: the script's `make_layout`, or one made
+    here over all ranks (the official use_sp meaning: every rank in one Ulysses group)."""
+    if not (use_sp or cfg_parallel or fsdp):
+        return distributed.Layout()
+    layout = distributed.current_layout()
+    if layout.model_size == 1 and (use_sp or cfg_parallel):
+        cfg_size = 2 if cfg_parallel else 1
+        ulysses_size = max(1, distributed.get_world_size() // cfg_size) if use_sp else 1
+        layout = distributed.make_layout(ulysses_size, cfg_parallel)
+    if use_sp != (layout.ulysses_size > 1) or cfg_parallel != (layout.cfg_size > 1):
+        raise WanInputError(f"use_sp={use_sp} and cfg_parallel={cfg_parallel} do not match the parallel layout "
+                            f"(ulysses {layout.ulysses_size}, cfg {layout.cfg_size}); launch with torchrun and "
+                            "a world size that fits the flags")
+    if fsdp and layout.model_group is None:
+        raise WanInputError("--dit_fsdp/--t5_fsdp shard weights over the GPUs that run one job together "
+                            "(--ulysses_size > 1 or --cfg_parallel under torchrun); here there is only one")
+    return layout
+
+
 def vae_class_for(config):
     """Wan2.2 VAE for the 16x-compressing TI2V-5B family, Wan2.1 VAE otherwise."""
     return Wan2_2_VAE if config.vae_checkpoint == "Wan2.2_VAE.pth" else Wan2_1_VAE
 
 
 class WanTaskBase:
-    """Loads T5, the VAE and the DiT expert(s) of `config` from `checkpoint_dir` (official layout)."""
+    """Loads T5, the VAE and the DiT expert(s) of `config` from `checkpoint_dir` (official layout).
+
+    Multi-GPU (under torchrun, see wan.distributed): t5_fsdp / dit_fsdp shard those weights over the
+    ranks of a job, use_sp splits the DiT's tokens over the Ulysses group, cfg_parallel runs the
+    two guidance branches on the two halves of the ranks. The process groups come from
+    `wan.distributed.make_layout` when the script made one, else from the flags over all ranks."""
 
     def __init__(self, config, checkpoint_dir, device_id=0, rank=0, t5_fsdp=False, dit_fsdp=False, use_sp=False,
                  t5_cpu=False, init_on_cpu=True, convert_model_dtype=False, device=None, load=("t5", "vae", "dit"),
-                 compile_model=False, vae_dtype=torch.float32):
-        if t5_fsdp or dit_fsdp or use_sp:
-            raise WanInputError("multi-GPU options (--t5_fsdp, --dit_fsdp, --ulysses_size) are not available yet")
+                 compile_model=False, vae_dtype=torch.float32, cfg_parallel=False):
         if not os.path.isdir(checkpoint_dir):
             raise CheckpointError(f"checkpoint directory not found: {checkpoint_dir}")
+        if t5_fsdp and t5_cpu:
+            raise WanInputError("--t5_fsdp shards T5 over the GPUs; it cannot be combined with --t5_cpu")
         self.config = config
         self.checkpoint_dir = checkpoint_dir
         self.device = resolve_device(device, device_id)
         self.rank = rank
+        self.layout = parallel_layout(use_sp, cfg_parallel, t5_fsdp or dit_fsdp)
+        self.cfg_parallel = distributed.CfgParallel(self.layout.cfg_group) if cfg_parallel else None
         self.t5_cpu = t5_cpu
         self.init_on_cpu = init_on_cpu
         self.num_train_timesteps = config.num_train_timesteps
@@ -93,19 +122,25 @@ class WanTaskBase:
         self.experts = ()
         if "t5" in load:
             log.info("loading T5 text encoder from %s", checkpoint_dir)
+            shard_fn = partial(distributed.shard_t5, device=self.device, group=self.layout.model_group) \
+                if t5_fsdp else None
             self.text_encoder = T5EncoderModel(
                 text_len=config.text_len, dtype=config.t5_dtype, device="cpu",
                 checkpoint_path=os.path.join(checkpoint_dir, config.t5_checkpoint),
-                tokenizer_path=os.path.join(checkpoint_dir, config.t5_tokenizer))
+                tokenizer_path=os.path.join(checkpoint_dir, config.t5_tokenizer), shard_fn=shard_fn)
         if "vae" in load:
             log.info("loading VAE %s", config.vae_checkpoint)
             self.vae = vae_class_for(config)(vae_pth=os.path.join(checkpoint_dir, config.vae_checkpoint),
                                              device=self.device, dtype=vae_dtype)
         if "dit" in load:
             self.experts = tuple(self._load_dit(sub, convert_model_dtype) for sub in self.dit_subfolders())
-            if not init_on_cpu:
-                for model in self.experts:
+            for model in self.experts:
+                if dit_fsdp:  # block by block from the CPU: the full model is never on one GPU
+                    distributed.shard_dit(model, self.device, self.layout.model_group)
+                elif not init_on_cpu:
                     model.to(self.device)
+                if use_sp:
+                    distributed.enable_sequence_parallel(model, self.layout.ulysses_group)
             if compile_model:  # opt-in: fuses the element-wise work; first steps pay the compile time
                 for model in self.experts:
                     model.compile_blocks()
@@ -129,12 +164,14 @@ class WanTaskBase:
     # -- placement -------------------------------------------------------------------------
     def _placer(self, offload_model):
         """The hook GuidedVelocity calls before using an expert: at most one expert on the GPU
-        when offloading (or when the models were loaded on the CPU)."""
+        when offloading (or when the models were loaded on the CPU). FSDP-sharded experts stay put."""
         def place(model):
+            if is_sharded(model):
+                return
             if next(model.parameters()).device != self.device:
                 if offload_model or self.init_on_cpu:
                     for other in self.experts:
-                        if other is not model:
+                        if other is not model and not is_sharded(other):
                             other.to("cpu")
                 model.to(self.device)
         return place
@@ -142,7 +179,8 @@ class WanTaskBase:
     def _release(self, offload_model):
         if offload_model:
             for model in self.experts:
-                model.to("cpu")
+                if not is_sharded(model):
+                    model.to("cpu")
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -161,10 +199,12 @@ class WanTaskBase:
             context = self.text_encoder([prompt], torch.device("cpu"))
             context_null = self.text_encoder([n_prompt], torch.device("cpu"))
         else:
-            self.text_encoder.model.to(self.device)
+            movable = not is_sharded(self.text_encoder.model)  # an FSDP-sharded T5 stays on the GPUs
+            if movable:
+                self.text_encoder.model.to(self.device)
             context = self.text_encoder([prompt], self.device)
             context_null = self.text_encoder([n_prompt], self.device)
-            if offload_model:
+            if offload_model and movable:
                 self.text_encoder.model.cpu()
         return [c.to(self.device) for c in context], [c.to(self.device) for c in context_null]
 
@@ -203,7 +243,7 @@ class WanTaskBase:
         field = flow.GuidedVelocity(
             self.experts, job.context, job.context_null, s["guide_scale"], seq_len=s["seq_len"],
             condition=condition, boundary=s["boundary"], num_train_timesteps=self.num_train_timesteps,
-            prepare=self._placer(offload_model))
+            prepare=self._placer(offload_model), cfg_parallel=self.cfg_parallel)
         self.last_field = field
         with self.autocast():
             start_latent = job.noise if latent is None else latent

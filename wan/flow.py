@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from .distributed.env import is_main_process
 from .errors import WanInputError
 from .utils.fm_solvers import FlowDPMSolverMultistepScheduler, FlowEulerScheduler, get_sampling_sigmas
 from .utils.fm_solvers_unipc import FlowUniPCMultistepScheduler
@@ -79,10 +80,11 @@ class GuidedVelocity:
     experts: one model, or (low_noise_model, high_noise_model) with `boundary` in [0, 1];
     guide_scale: a float, or (low, high) for two experts; 1.0 skips the unconditional pass.
     context / context_null: lists with one text embedding [L, dim] each.
-    `prepare(model)` is called before an expert is used (placement / offload hook)."""
+    `prepare(model)` is called before an expert is used (placement / offload hook).
+    cfg_parallel: a wan.distributed.CfgParallel: this rank runs one branch, its partner the other."""
 
     def __init__(self, experts, context, context_null, guide_scale, seq_len, condition=None, boundary=None,
-                 num_train_timesteps=1000, batch_cfg=True, prepare=None):
+                 num_train_timesteps=1000, batch_cfg=True, prepare=None, cfg_parallel=None):
         self.experts = tuple(experts) if isinstance(experts, (list, tuple)) else (experts,)
         if len(self.experts) == 2 and boundary is None:
             raise ValueError("two experts need a boundary")
@@ -94,6 +96,7 @@ class GuidedVelocity:
         self.boundary_t = None if boundary is None else boundary * num_train_timesteps
         self.batch_cfg = batch_cfg
         self.prepare = prepare
+        self.cfg_parallel = cfg_parallel
         self.calls = []  # (t, expert index) per evaluation, for logs and tests
 
     def expert_index(self, t):
@@ -113,8 +116,13 @@ class GuidedVelocity:
         t_model = self.condition.timesteps(t, self.seq_len).to(device)
         y = None if self.condition.y is None else [self.condition.y.to(device)]
         if scale == 1.0 or self.context_null is None:
+            # Under CFG parallelism both ranks run this same pass, keeping sharded weights in step.
             return model([x], t=t_model, context=self.context, seq_len=self.seq_len, y=y)[0]
-        if self.batch_cfg:
+        if self.cfg_parallel is not None:
+            context = self.context if self.cfg_parallel.runs_cond else self.context_null
+            mine = model([x], t=t_model, context=context, seq_len=self.seq_len, y=y)[0]
+            cond, uncond = self.cfg_parallel.exchange(mine)
+        elif self.batch_cfg:
             both = model([x, x], t=t_model.repeat(2, *([1] * (t_model.dim() - 1))),
                          context=self.context + self.context_null, seq_len=self.seq_len,
                          y=None if y is None else y * 2)
@@ -230,8 +238,8 @@ def integrate(field, x, schedule, step=scheduler_step, condition=None, desc="den
     (ti2v keeps its first frame fixed). `callback(i, x)` runs after each step (checkpoints)."""
     condition = condition or Condition()
     x = condition.apply(x.float())
-    for i in tqdm(range(start, len(schedule)), desc=desc, disable=not progress, initial=start,
-                  total=len(schedule)):
+    for i in tqdm(range(start, len(schedule)), desc=desc, disable=not progress or not is_main_process(),
+                  initial=start, total=len(schedule)):
         x = condition.apply(step(field, x, schedule, i).float())
         if callback is not None:
             callback(i, x)

@@ -92,12 +92,14 @@ class TI2VInversionEditor:
     """Edit videos with a Wan2.2 TI2V-5B checkpoint; load once, run many edits."""
 
     def __init__(self, ckpt_dir, device=None, offload_model=False, t5_cpu=False, convert_model_dtype=False,
-                 config=None, compile_model=False, vae_dtype=torch.float32, load=("t5", "vae", "dit")):
+                 config=None, compile_model=False, vae_dtype=torch.float32, load=("t5", "vae", "dit"),
+                 t5_fsdp=False, dit_fsdp=False, use_sp=False, cfg_parallel=False):
         self.config = config or WAN_CONFIGS["ti2v-5B"]
         self.offload_model = offload_model
         self.model = WanTI2V(self.config, ckpt_dir, device=device, t5_cpu=t5_cpu,
                              convert_model_dtype=convert_model_dtype, compile_model=compile_model,
-                             vae_dtype=vae_dtype, load=load)
+                             vae_dtype=vae_dtype, load=load, t5_fsdp=t5_fsdp, dit_fsdp=dit_fsdp, use_sp=use_sp,
+                             cfg_parallel=cfg_parallel)
         self.device = self.model.device
         self.model_id = checkpoint_fingerprint(ckpt_dir, self.config)
 
@@ -149,7 +151,8 @@ class TI2VInversionEditor:
         condition = flow.FirstFrameCondition(first_frame.to(self.device), self.config.patch_size)
         field = flow.GuidedVelocity(self.model.experts, context, context_null, guide_scale,
                                     seq_len=flow.seq_len_for(latent_shape, self.config.patch_size),
-                                    condition=condition, prepare=self.model._placer(self.offload_model))
+                                    condition=condition, prepare=self.model._placer(self.offload_model),
+                                    cfg_parallel=self.model.cfg_parallel)
         return field, condition
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .distributed import from_main_process
 from .base import resolve_device, resolve_seed
 from .errors import WanInputError
 from .image2video import WanI2V
@@ -67,7 +68,7 @@ class _Continuation:
         if len(frames) < needed:
             raise WanInputError(f"--video {video_path}: {len(frames)} frames, the captioner samples {needed}; "
                                 f"give a clip of at least {needed} frames")
-        caption = self.captioner.caption(frames)
+        caption = from_main_process(self.captioner.caption(frames))  # every rank conditions on rank 0's
         log.info("caption of %s: %s", video_path, caption)
         if not caption:
             log.warning("the captioner returned an empty caption for %s", video_path)

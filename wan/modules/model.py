@@ -7,6 +7,9 @@ Two things are done more cheaply than the reference, with identical results (tes
   instead of building a [B, L, 6, dim] tensor (9 GB for A14B at 720p);
 - the RoPE cos/sin table for a token grid is built once and cached, in fp32, instead of complex
   float64 arithmetic on every call.
+With `set_sequence_parallel(plan)` (wan.distributed.ulysses) the tokens are split across ranks after
+the patch embedding and self-attention goes through the plan's all-to-all; None (the default) runs
+everything in this process.
 """
 import json
 import math
@@ -104,6 +107,7 @@ class WanSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.sequence_parallel = None  # set by WanModel.set_sequence_parallel on self-attention only
 
     def _heads(self, x):
         return x.unflatten(-1, (self.num_heads, self.head_dim))
@@ -114,7 +118,8 @@ class WanSelfAttention(nn.Module):
         k = self._heads(self.norm_k(self.k(x)))
         v = self._heads(self.v(x))
         q, k = rope.rotate(q).to(dtype), rope.rotate(k).to(dtype)
-        out = attention(q, k, v.to(dtype), k_lens=seq_lens)
+        attend = attention if self.sequence_parallel is None else self.sequence_parallel.attention
+        out = attend(q, k, v.to(dtype), k_lens=seq_lens)
         return self.o(out.flatten(2))
 
 
@@ -219,6 +224,16 @@ class WanModel(nn.Module):
         ])
         self.head = Head(dim, out_dim, patch_size, eps)
         self._rope_cache = {}
+        self.sequence_parallel = None
+
+    def set_sequence_parallel(self, plan):
+        """Split tokens across the ranks of `plan` (a wan.distributed.ulysses.UlyssesParallel), or
+        run in one process again with None. Prefer wan.distributed.enable_sequence_parallel, which
+        checks the head count first."""
+        self.sequence_parallel = plan
+        for block in self.blocks:
+            block.self_attn.sequence_parallel = plan
+        return self
 
     def set_ffn_chunk(self, tokens):
         """Run every block's feed-forward over `tokens` tokens at a time (None: all at once).
@@ -253,17 +268,24 @@ class WanModel(nn.Module):
         lengths = [n.shape[0] for n in tokens]
         if max(lengths) > seq_len:
             raise ValueError(f"seq_len {seq_len} is smaller than the {max(lengths)} tokens of the input")
+        sp = self.sequence_parallel
+        total = seq_len if sp is None else sp.padded_length(seq_len)  # sequence parallel: P equal shards
         # Without padding every key is real: no length limit, so attention stays unmasked.
-        seq_lens = None if min(lengths) == seq_len else torch.tensor(lengths, dtype=torch.long)
-        hidden = torch.stack([F.pad(u, (0, 0, 0, seq_len - u.shape[0])) for u in tokens]).float()
+        seq_lens = None if min(lengths) == total else torch.tensor(lengths, dtype=torch.long)
+        hidden = torch.stack([F.pad(u, (0, 0, 0, total - u.shape[0])) for u in tokens]).float()
 
-        e, e0 = self._time_tables(t, len(x), seq_len, hidden.device)
+        e, e0 = self._time_tables(t, len(x), seq_len, hidden.device, total)
         context = self._embed_text(context)
-        rope = self._rope(grids, seq_len, hidden.device)
+        rope = self._rope(grids, total, hidden.device)
+        if sp is not None:
+            hidden, rope = sp.shard(hidden), RotaryTable(sp.shard(rope.cos), sp.shard(rope.sin))
+            e, e0 = (TimestepTable(u.table, u.index if u.index.shape[1] == 1 else sp.shard(u.index)) for u in (e, e0))
         with sdpa_preferences(hidden.device):
             for block in self.blocks:
                 hidden = block(hidden, e0, seq_lens, rope, context)
         out = self.head(hidden, e)
+        if sp is not None:
+            out = sp.gather(out)
         return self._unpatchify(out, grids)
 
     def _embed_patches(self, x):
@@ -279,7 +301,9 @@ class WanModel(nn.Module):
             tokens.append(p.flatten(2).transpose(1, 2)[0])
         return tokens, grids
 
-    def _time_tables(self, t, batch, seq_len, device):
+    def _time_tables(self, t, batch, seq_len, device, total=None):
+        """Time embeddings per distinct timestep and each token's row; per-token timesteps are
+        extended to `total` tokens (sequence-parallel padding) with their last value."""
         t = torch.as_tensor(t, device=device)
         if t.dim() == 0:
             t = t.expand(batch)
@@ -290,6 +314,8 @@ class WanModel(nn.Module):
         values, index = torch.unique(t, return_inverse=True)
         if bool((index == index[:, :1]).all()):
             index = index[:, :1]
+        elif total is not None and total > seq_len:
+            index = torch.cat([index, index[:, -1:].expand(-1, total - seq_len)], dim=1)
         sinusoid = sinusoidal_embedding_1d(self.freq_dim, values)
         e = _fp32_linear(self.time_embedding[2], self.time_embedding[1](_fp32_linear(self.time_embedding[0], sinusoid)))
         e0 = _fp32_linear(self.time_projection[1], self.time_projection[0](e)).unflatten(1, (6, self.dim))
