@@ -21,27 +21,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from full_size import swap_in_full_size_ti2v  # noqa: E402
+
 from wan.inversion_edit import Inversion, TI2VInversionEditor  # noqa: E402
-from wan.modules.model import WanModel  # noqa: E402
-from wan.modules.t5 import meta_umt5_encoder, umt5_config  # noqa: E402
-from wan.modules.vae2_2 import WanVAE_  # noqa: E402
 from wan.tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 from wan.utils.video_io import write_video  # noqa: E402
 
 WIDTH, HEIGHT, FRAMES = 832, 1056, 49
-
-
-def random_on_device(module, device, dtype, seed=0):
-    """Materialise a meta-device module on `device` with N(0, 1/fan_in) weights (norms near 1)."""
-    module = module.to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0, p[0].numel() ** -0.5, generator=gen)
-            else:
-                p.normal_(1.0 if "norm" in name or "gamma" in name else 0.0, 0.1, generator=gen)
-    return module.to(dtype).eval().requires_grad_(False)
 
 
 def synthetic_clip(path):
@@ -54,19 +42,7 @@ def synthetic_clip(path):
 
 def full_size_editor(ckpt_dir, device, compile_model, vae_dtype):
     editor = TI2VInversionEditor(ckpt_dir, device=device)
-    with torch.device("meta"):
-        dit = WanModel(model_type="ti2v", in_dim=48, out_dim=48, dim=3072, ffn_dim=14336, num_heads=24,
-                       num_layers=30)
-        vae = WanVAE_(dim=160, dec_dim=256, z_dim=48)
-    dit = random_on_device(dit, device, torch.bfloat16, seed=1)
-    if compile_model:
-        dit.compile_blocks()
-    editor.model.experts = (dit,)
-    editor.model.vae.model = random_on_device(vae, device, vae_dtype, seed=2)
-    editor.model.vae.dtype = vae_dtype
-    t5 = random_on_device(meta_umt5_encoder(umt5_config()), device, torch.bfloat16, seed=3)
-    t5.set_input_embeddings(t5.shared)
-    editor.model.text_encoder.model = t5
+    swap_in_full_size_ti2v(editor.model, device, compile_model, vae_dtype)
     return editor
 
 

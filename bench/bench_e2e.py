@@ -1,0 +1,79 @@
+"""End-to-end TI2V-5B text-to-video benchmark: 121 frames 1280x704, 50 UniPC steps with CFG (cond and
+uncond batched), text encoder, DiT, VAE decode and mp4 writing, on one GPU with full-size random
+networks (see full_size.py). Also the peak GPU memory with --offload_model, the consumer setting.
+
+    python bench/bench_e2e.py [--steps 50] [--no-compile]
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from full_size import swap_in_full_size_ti2v  # noqa: E402
+
+from wan.configs import WAN_CONFIGS  # noqa: E402
+from wan.textimage2video import WanTI2V  # noqa: E402
+from wan.tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
+from wan.utils.utils import save_video  # noqa: E402
+
+PROMPT = "A red fox trots through fresh snow in a quiet pine forest at sunrise."
+
+
+def run(task, steps, offload, out_path):
+    """One generation; returns seconds per stage."""
+    times = {}
+
+    def mark(name, start):
+        torch.cuda.synchronize()
+        times[name] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    job = task.prepare(PROMPT, size=(1280, 704), frame_num=121, sampling_steps=steps, guide_scale=5.0, seed=1,
+                       offload_model=offload)
+    mark("text+noise", start)
+    torch.cuda.reset_peak_memory_stats()  # the peak of denoise + decode (T5 may live on the CPU)
+    start = time.perf_counter()
+    latent = task.denoise(job, offload_model=offload)
+    mark("denoise", start)
+    start = time.perf_counter()
+    video = task.decode(latent)
+    mark("decode", start)
+    start = time.perf_counter()
+    save_video(video[None], out_path, fps=24, nrow=1)
+    mark("mp4", start)
+    times["total"] = sum(times.values())
+    times["peak GB"] = torch.cuda.max_memory_allocated() / 1e9
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    work = tempfile.mkdtemp()
+    ckpt = make_tiny_checkpoint("ti2v-5B", os.path.join(work, "ckpt"))
+    task = swap_in_full_size_ti2v(WanTI2V(WAN_CONFIGS["ti2v-5B"], ckpt, device=device), device, args.compile)
+    for model in (*task.experts, task.text_encoder.model):
+        model.to(device)
+    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | compile={args.compile} | VAE bf16 "
+          f"| 121f 1280x704, {args.steps} steps, CFG 5", flush=True)
+    run(task, 2, False, os.path.join(work, "warm.mp4"))  # compile and cuDNN plans
+    rows = {"resident": run(task, args.steps, False, os.path.join(work, "a.mp4"))}
+    rows["offload (5 steps)"] = run(task, 5, True, os.path.join(work, "b.mp4"))
+    keys = list(rows["resident"])
+    print("| run | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for name, times in rows.items():
+        print(f"| {name} | " + " | ".join(f"{times[k]:.2f}" for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()

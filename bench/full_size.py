@@ -1,0 +1,45 @@
+"""Full-size random TI2V-5B networks on the GPU for benchmarks: a task loaded from a tiny checkpoint
+gets its DiT, Wan2.2 VAE and umt5-xxl replaced by full-size ones (random weights time the same as
+real ones; writing 20 GB of random weights to disk first would only cost lease time)."""
+import torch
+
+from wan.modules.model import WanModel
+from wan.modules.t5 import meta_umt5_encoder, umt5_config
+from wan.modules.vae2_2 import WanVAE_
+
+TI2V_5B = dict(model_type="ti2v", in_dim=48, out_dim=48, dim=3072, ffn_dim=14336, num_heads=24, num_layers=30)
+
+
+def random_on_device(module, device, dtype, seed=0):
+    """Materialise a meta-device module on `device` with N(0, 1/fan_in) weights (norms near 1)."""
+    module = module.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0, p[0].numel() ** -0.5, generator=gen)
+            else:
+                p.normal_(1.0 if "norm" in name or "gamma" in name else 0.0, 0.1, generator=gen)
+    return module.to(dtype).eval().requires_grad_(False)
+
+
+def full_size_vae(device, dtype, seed=2):
+    with torch.device("meta"):
+        vae = WanVAE_(dim=160, dec_dim=256, z_dim=48)
+    return random_on_device(vae, device, dtype, seed)
+
+
+def swap_in_full_size_ti2v(task, device, compile_model=True, vae_dtype=torch.bfloat16):
+    """Replace a WanTI2V's networks (loaded from a tiny checkpoint) by full-size random ones."""
+    with torch.device("meta"):
+        dit = WanModel(**TI2V_5B)
+    dit = random_on_device(dit, device, torch.bfloat16, seed=1)
+    if compile_model:
+        dit.compile_blocks()
+    task.experts = (dit,)
+    task.vae.model = full_size_vae(device, vae_dtype)
+    task.vae.dtype = vae_dtype
+    t5 = random_on_device(meta_umt5_encoder(umt5_config()), device, torch.bfloat16, seed=3)
+    t5.set_input_embeddings(t5.shared)
+    task.text_encoder.model = t5
+    return task
