@@ -11,19 +11,16 @@ Both directions use the one flow core (`wan.flow`): the inversion is `flow.inver
 `GuidedVelocity` that generation samples.
 """
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from . import flow
 from .configs import WAN_CONFIGS
 from .errors import WanInputError
-from .staged import checkpoint_fingerprint
+from .staged import checkpoint_fingerprint, read_stage_file, write_stage_file
 from .textimage2video import WanTI2V
 from .utils.utils import best_output_size
 from .utils.fileio import atomic_path
@@ -31,9 +28,6 @@ from .utils.video_io import (frames_4n1, from_model_range, image_to_frames, load
                              resize_center_crop, to_model_range, write_video)
 
 log = logging.getLogger(__name__)
-
-INVERSION_FORMAT = "wan-ti2v-inversion/1"
-
 
 @dataclass
 class SourceClip:
@@ -52,25 +46,15 @@ class Inversion:
     settings: dict
 
     def save(self, path):
-        tensors = {"latent": self.latent.float().cpu().contiguous(),
-                   "source_first_frame": self.source_first_frame.float().cpu().contiguous()}
-        metadata = {"format": INVERSION_FORMAT, "settings": json.dumps(self.settings)}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+        tensors = {"latent": self.latent, "source_first_frame": self.source_first_frame}
+        write_stage_file(path, tensors, {"kind": "inversion", "settings": self.settings})
 
     @classmethod
     def load(cls, path):
-        if not os.path.isfile(path):
-            raise WanInputError(f"--load_inversion: file not found: {path}")
-        try:
-            with safe_open(path, framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:
-            raise WanInputError(f"--load_inversion: {path} is not a readable safetensors file ({exc})") from None
-        if metadata.get("format") != INVERSION_FORMAT or {"latent", "source_first_frame"} - tensors.keys():
+        tensors, header = read_stage_file(path, "--load_inversion file")
+        if header.get("kind") != "inversion" or {"latent", "source_first_frame"} - tensors.keys():
             raise WanInputError(f"--load_inversion: {path} is not an inversion saved by this toolkit")
-        return cls(tensors["latent"], tensors["source_first_frame"], json.loads(metadata["settings"]))
+        return cls(tensors["latent"], tensors["source_first_frame"], header["settings"])
 
     def check_matches(self, expected):
         """Refuse an inversion made from another video, size, frame count or model."""

@@ -9,6 +9,8 @@ import torch.nn as nn
 from .vae_blocks import (
     CausalConv3d,
     CausalVideoVAE,
+    StreamingDecoder,
+    StreamingEncoder,
     Resample,
     ResidualBlock,
     VideoVAEWrapper,
@@ -16,7 +18,6 @@ from .vae_blocks import (
     load_vae,
     middle_block,
     read_vae_state,
-    run_layers,
     width_of,
 )
 
@@ -32,7 +33,7 @@ STD = [
 ]
 
 
-class Encoder3d(nn.Module):
+class Encoder3d(StreamingEncoder):
     def __init__(self, dim, z_dim, dim_mult, num_res_blocks, temperal_downsample, in_dim=3):
         super().__init__()
         dims = [dim * u for u in [1] + dim_mult]
@@ -49,14 +50,8 @@ class Encoder3d(nn.Module):
         self.middle = middle_block(dims[-1])
         self.head = head_block(dims[-1], z_dim)
 
-    def forward(self, x, cache):
-        x = self.conv1(x, cache)
-        x = run_layers(self.downsamples, x, cache)
-        x = run_layers(self.middle, x, cache)
-        return run_layers(self.head, x, cache)
 
-
-class Decoder3d(nn.Module):
+class Decoder3d(StreamingDecoder):
     def __init__(self, dim, z_dim, dim_mult, num_res_blocks, temperal_upsample, out_dim=3):
         super().__init__()
         dims = [dim * u for u in [dim_mult[-1]] + dim_mult[::-1]]
@@ -74,12 +69,6 @@ class Decoder3d(nn.Module):
                 layers.append(Resample(block_out, "upsample3d" if temperal_upsample[level] else "upsample2d"))
         self.upsamples = nn.Sequential(*layers)
         self.head = head_block(dims[-1], out_dim)
-
-    def forward(self, x, cache):
-        x = self.conv1(x, cache)
-        x = run_layers(self.middle, x, cache)
-        x = run_layers(self.upsamples, x, cache)
-        return run_layers(self.head, x, cache)
 
 
 class WanVAE_(CausalVideoVAE):

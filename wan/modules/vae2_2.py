@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from .vae_blocks import (
     CausalConv3d,
     CausalVideoVAE,
+    StreamingDecoder,
+    StreamingEncoder,
     Resample,
     ResidualBlock,
     Streaming,
@@ -134,7 +136,7 @@ class Up_ResidualBlock(nn.Module, Streaming):
         return out + self.avg_shortcut(x)[:, :, -out.shape[2]:]
 
 
-class Encoder3d(nn.Module):
+class Encoder3d(StreamingEncoder):
     def __init__(self, dim, z_dim, dim_mult, num_res_blocks, temperal_downsample, in_dim=3 * PATCH * PATCH):
         super().__init__()
         dims = [dim * u for u in [1] + dim_mult]
@@ -149,14 +151,8 @@ class Encoder3d(nn.Module):
         self.middle = middle_block(dims[-1])
         self.head = head_block(dims[-1], z_dim)
 
-    def forward(self, x, cache):
-        x = self.conv1(x, cache)
-        x = run_layers(self.downsamples, x, cache)
-        x = run_layers(self.middle, x, cache)
-        return run_layers(self.head, x, cache)
 
-
-class Decoder3d(nn.Module):
+class Decoder3d(StreamingDecoder):
     def __init__(self, dim, z_dim, dim_mult, num_res_blocks, temperal_upsample, out_dim=3 * PATCH * PATCH):
         super().__init__()
         dims = [dim * u for u in [dim_mult[-1]] + dim_mult[::-1]]
@@ -170,12 +166,6 @@ class Decoder3d(nn.Module):
             for level, (block_in, block_out) in enumerate(zip(dims[:-1], dims[1:]))
         ])
         self.head = head_block(dims[-1], out_dim)
-
-    def forward(self, x, cache):
-        x = self.conv1(x, cache)
-        x = run_layers(self.middle, x, cache)
-        x = run_layers(self.upsamples, x, cache)
-        return run_layers(self.head, x, cache)
 
 
 class WanVAE_(CausalVideoVAE):

@@ -202,6 +202,26 @@ def run_layers(layers, x, cache):
     return x
 
 
+class StreamingEncoder(nn.Module):
+    """conv1 -> downsamples -> middle -> head, every layer streaming through the chunk cache."""
+
+    def forward(self, x, cache):
+        x = self.conv1(x, cache)
+        for stage in (self.downsamples, self.middle, self.head):
+            x = run_layers(stage, x, cache)
+        return x
+
+
+class StreamingDecoder(nn.Module):
+    """conv1 -> middle -> upsamples -> head, every layer streaming through the chunk cache."""
+
+    def forward(self, x, cache):
+        x = self.conv1(x, cache)
+        for stage in (self.middle, self.upsamples, self.head):
+            x = run_layers(stage, x, cache)
+        return x
+
+
 class CausalVideoVAE(nn.Module):
     """Shared encode/decode driver. Subclasses define `encoder`, `decoder`, `conv1` (posterior
     1x1x1 conv), `conv2` (latent 1x1x1 conv), `z_dim`, and `to_encoder_input` / `from_decoder_output`."""
