@@ -104,3 +104,23 @@ def test_sampling_is_deterministic_and_solver_dependent():
 def test_unknown_solver_is_a_clear_error():
     with pytest.raises(ValueError, match="sample_solver"):
         flow.make_schedule("ddim", 10, 5.0)
+
+
+@torch.no_grad()
+def test_step_cache_skips_steps_and_stays_close():
+    """Opt-in and inexact: with a threshold it skips some block passes and its result stays near
+    the exact one; threshold 0 is the exact path."""
+    model = tiny_dit("ti2v", 48, 48, seed=3)
+    context, context_null = contexts()
+    noise = torch.randn(48, 2, 4, 4, generator=torch.Generator().manual_seed(6))
+    schedule = lambda: flow.make_schedule("unipc", 30, 5.0)  # noqa: E731
+    field = flow.GuidedVelocity(model, context, context_null, 4.0, seq_len=8)
+    exact = flow.sample(field, noise, schedule(), progress=False)
+    model.enable_step_cache(0.2)
+    cached = flow.sample(field, noise, schedule(), progress=False)
+    cache = model.step_cache
+    assert cache.skipped > 0 and cache.computed + cache.skipped == 30
+    error = ((cached - exact).norm() / exact.norm()).item()
+    assert 0 < error < 0.2
+    model.enable_step_cache(0)
+    assert torch.equal(flow.sample(field, noise, schedule(), progress=False), exact)

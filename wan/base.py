@@ -100,7 +100,7 @@ class WanTaskBase:
 
     def __init__(self, config, checkpoint_dir, device_id=0, rank=0, t5_fsdp=False, dit_fsdp=False, use_sp=False,
                  t5_cpu=False, init_on_cpu=True, convert_model_dtype=False, device=None, load=("t5", "vae", "dit"),
-                 compile_model=False, vae_dtype=torch.float32, cfg_parallel=False):
+                 compile_model=False, vae_dtype=torch.float32, cfg_parallel=False, step_cache=0.0):
         if not os.path.isdir(checkpoint_dir):
             raise CheckpointError(f"checkpoint directory not found: {checkpoint_dir}")
         if t5_fsdp and t5_cpu:
@@ -141,8 +141,9 @@ class WanTaskBase:
                     model.to(self.device)
                 if use_sp:
                     distributed.enable_sequence_parallel(model, self.layout.ulysses_group)
-            if compile_model:  # opt-in: fuses the element-wise work; first steps pay the compile time
-                for model in self.experts:
+            for model in self.experts:
+                model.enable_step_cache(step_cache)
+                if compile_model:  # opt-in: fuses the element-wise work; first steps pay the compile time
                     model.compile_blocks()
 
     # -- loading ---------------------------------------------------------------------------

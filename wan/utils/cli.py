@@ -49,6 +49,9 @@ def add_speed_flags(parser):
                         help="torch.compile the DiT blocks (same numerics; faster after a one-time compile)")
     parser.add_argument("--vae_dtype", default="fp32", choices=sorted(VAE_DTYPES),
                         help="VAE precision: fp32 (reference) or bf16 (faster, about 35+ dB PSNR to fp32)")
+    parser.add_argument("--step_cache", type=float, default=0.0, metavar="THRESHOLD",
+                        help="inexact, opt-in: skip the DiT blocks on steps whose input changed less than this "
+                             "(accumulated relative L1, e.g. 0.05-0.2), reusing the last residual; 0: off")
 
 
 VAE_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
