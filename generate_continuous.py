@@ -14,7 +14,7 @@ import wan
 from wan.base import check_frame_num
 from wan.configs import WAN_CONFIGS
 from wan.errors import WanInputError
-from wan.utils.cli import ArgumentParser, parse_size, run_cli, setup_logging
+from wan.utils.cli import ArgumentParser, add_speed_flags, parse_size, run_cli, setup_logging, vae_dtype
 from wan.utils.utils import str2bool
 from wan.utils.video_io import probe_video
 from wan.video2video import DEFAULT_CONTINUATION_PROMPT, continue_chain
@@ -48,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--offload_model", type=str2bool, default=True, help="move models to the CPU after use")
     p.add_argument("--t5_cpu", action="store_true", help="run the T5 encoder on the CPU")
     p.add_argument("--convert_model_dtype", action="store_true", help="cast the DiT weights to bf16 on load")
+    add_speed_flags(p)
     return p.parse_args(argv)
 
 
@@ -79,6 +80,7 @@ def main(argv=None):
         task_class = getattr(wan, TASK_CLASSES[args.task])
         return task_class(config=WAN_CONFIGS[args.task], checkpoint_dir=args.ckpt_dir, device=args.device,
                           t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype,
+                          compile_model=args.compile, vae_dtype=vae_dtype(args.vae_dtype), step_cache=args.step_cache,
                           vlm_path=args.vlm_path, vlm_device=args.vlm_device)
 
     area = dict(size=(width, height)) if args.task == "v2v-5B" else {}
