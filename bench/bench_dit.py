@@ -81,6 +81,7 @@ VARIANTS = {
     "eager": dict(),
     "compile": dict(compile=True),
     "compile+chunk": dict(compile=True, ffn_chunk=8192),
+    "compile+fp8": dict(compile=True, fp8=True),
 }
 
 
@@ -95,6 +96,11 @@ def ours(config, x, context, t, seq_len, repeats, device, variants):
     results = {}
     for variant in variants:
         options = VARIANTS[variant]
+        if options.get("fp8") and not getattr(model, "_fp8", False):  # last: it replaces the linears
+            model.quantize_fp8()
+            model._fp8 = True
+            torch._dynamo.reset()
+            model._compiled = False
         if options.get("compile") and not getattr(model, "_compiled", False):
             model.compile_blocks()
             model._compiled = True

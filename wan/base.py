@@ -100,7 +100,7 @@ class WanTaskBase:
 
     def __init__(self, config, checkpoint_dir, device_id=0, rank=0, t5_fsdp=False, dit_fsdp=False, use_sp=False,
                  t5_cpu=False, init_on_cpu=True, convert_model_dtype=False, device=None, load=("t5", "vae", "dit"),
-                 compile_model=False, vae_dtype=torch.float32, cfg_parallel=False, step_cache=0.0):
+                 compile_model=False, vae_dtype=torch.float32, cfg_parallel=False, step_cache=0.0, fp8=False):
         if not os.path.isdir(checkpoint_dir):
             raise CheckpointError(f"checkpoint directory not found: {checkpoint_dir}")
         if t5_fsdp and t5_cpu:
@@ -142,6 +142,8 @@ class WanTaskBase:
                 if use_sp:
                     distributed.enable_sequence_parallel(model, self.layout.ulysses_group)
             for model in self.experts:
+                if fp8:
+                    model.quantize_fp8()
                 model.enable_step_cache(step_cache)
                 if compile_model:  # opt-in: fuses the element-wise work; first steps pay the compile time
                     model.compile_blocks()

@@ -145,7 +145,7 @@ class WanAttentionBlock(nn.Module):
 
     def forward(self, x, e0, seq_lens, rope, context):
         """x: fp32 residual stream [B, L, dim]; e0: TimestepTable over [U, 6, dim]."""
-        dtype = self.ffn[0].weight.dtype
+        dtype = self.modulation.dtype  # the compute dtype of the linear layers (bf16 or fp32)
         mod = (self.modulation.float() + e0.table).unbind(1)  # six [U, dim] tables
         shift1, scale1 = e0.row(mod[0]), e0.row(mod[1])
         y = self.self_attn(_modulate(self.norm1(x), shift1, scale1, dtype), seq_lens, rope)
@@ -339,6 +339,16 @@ class WanModel(nn.Module):
         if cache is not None:
             cache.store(hidden - start)
         return hidden
+
+    def quantize_fp8(self):
+        """Opt-in, inexact: every linear layer inside the transformer blocks becomes an FP8Linear
+        (float8 weights with per-channel scales, per-token activation scales). Embeddings, the
+        time MLP and the output head stay as they are."""
+        from .fp8 import quantize_linears_
+
+        for block in self.blocks:
+            quantize_linears_(block)
+        return self
 
     def enable_step_cache(self, threshold):
         """Opt-in, inexact: skip the transformer blocks on steps where their input barely changed

@@ -49,6 +49,9 @@ def add_speed_flags(parser):
                         help="torch.compile the DiT blocks (same numerics; faster after a one-time compile)")
     parser.add_argument("--vae_dtype", default="fp32", choices=sorted(VAE_DTYPES),
                         help="VAE precision: fp32 (reference) or bf16 (faster, about 35+ dB PSNR to fp32)")
+    parser.add_argument("--fp8", action="store_true",
+                        help="inexact, opt-in: FP8 linear layers in the DiT blocks (Hopper; ~4%% output deviation "
+                             "on random weights, 1.1x faster, half the linear-weight memory)")
     parser.add_argument("--step_cache", type=float, default=0.0, metavar="THRESHOLD",
                         help="inexact, opt-in: skip the DiT blocks on steps whose input changed less than this "
                              "(accumulated relative L1, e.g. 0.05-0.2), reusing the last residual; 0: off")
