@@ -175,11 +175,8 @@ class WanVAE_(CausalVideoVAE):
                  temperal_downsample=(False, True, True)):
         super().__init__()
         dim_mult, temperal_downsample = list(dim_mult), list(temperal_downsample)
-        self.z_dim = z_dim
-        self.encoder = Encoder3d(dim, z_dim * 2, dim_mult, num_res_blocks, temperal_downsample)
-        self.conv1 = CausalConv3d(z_dim * 2, z_dim * 2, 1)
-        self.conv2 = CausalConv3d(z_dim, z_dim, 1)
-        self.decoder = Decoder3d(dec_dim, z_dim, dim_mult, num_res_blocks, temperal_downsample[::-1])
+        self._assemble(Encoder3d(dim, z_dim * 2, dim_mult, num_res_blocks, temperal_downsample),
+                       Decoder3d(dec_dim, z_dim, dim_mult, num_res_blocks, temperal_downsample[::-1]), z_dim)
 
     def to_encoder_input(self, x):
         return patchify(x)

@@ -226,6 +226,14 @@ class CausalVideoVAE(nn.Module):
     """Shared encode/decode driver. Subclasses define `encoder`, `decoder`, `conv1` (posterior
     1x1x1 conv), `conv2` (latent 1x1x1 conv), `z_dim`, and `to_encoder_input` / `from_decoder_output`."""
 
+    def _assemble(self, encoder, decoder, z_dim):
+        """Register the parts in the official order: encoder, posterior conv, latent conv, decoder."""
+        self.z_dim = z_dim
+        self.encoder = encoder
+        self.conv1 = CausalConv3d(z_dim * 2, z_dim * 2, 1)
+        self.conv2 = CausalConv3d(z_dim, z_dim, 1)
+        self.decoder = decoder
+
     def to_encoder_input(self, x):
         return x
 
