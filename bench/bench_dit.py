@@ -184,7 +184,8 @@ def main():
     args = parser.parse_args()
     device = torch.device("cuda")
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__}")
-    header = "| case | variant | tokens | ours s | ours peak GB | diffusers s | diffusers peak GB | speed-up | rel. diff |"
+    header = ("| case | variant | tokens | ours s | ours peak GB | diffusers s | diffusers peak GB | speed-up "
+              "| rel. diff |")
     print(header)
     print("|---" * 9 + "|")
     for name in args.cases:

@@ -65,7 +65,8 @@ def read_stage_file(path, what):
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise WanInputError(f"{what} {path} is truncated or not a safetensors file ({exc.__class__.__name__})") from None
+        raise WanInputError(f"{what} {path} is truncated or not a safetensors file "
+                            f"({exc.__class__.__name__})") from None
     if metadata.get("format") != FORMAT:
         raise WanInputError(f"{what} {path} is not a stage file of this toolkit")
     return tensors, json.loads(metadata["header"])
@@ -112,7 +113,8 @@ def load_job(path, fingerprint=None, device="cpu"):
 
 
 def save_latent(latent, settings, fingerprint, path):
-    write_stage_file(path, {"latent": latent}, {"settings": settings, "fingerprint": fingerprint, "latent_dtype": "float32"})
+    write_stage_file(path, {"latent": latent},
+                     {"settings": settings, "fingerprint": fingerprint, "latent_dtype": "float32"})
 
 
 def load_latent(path, fingerprint=None):

@@ -342,7 +342,8 @@ class VideoVAEWrapper:
     def _check_video(self, index, video):
         if not torch.is_tensor(video) or video.dim() != 4 or video.shape[0] != self.in_channels:
             raise WanInputError(
-                f"{self.name} encode: video {index} must be a [{self.in_channels}, F, H, W] tensor, got {_describe(video)}"
+                f"{self.name} encode: video {index} must be a [{self.in_channels}, F, H, W] tensor, "
+                f"got {_describe(video)}"
             )
         frames, height, width = video.shape[1:]
         if frames % 4 != 1:
