@@ -44,4 +44,5 @@ def main(media_root):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/media")
+    # Default: the full-size media set in shared/ beside the repository checkout.
+    main(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[3] / "shared" / "media")
