@@ -26,8 +26,8 @@ def source(editor):
     clip = editor.load_source(os.path.join(KITTEN, "source.mp4"), 5, 32 * 32)
     latent = editor.encode(clip.frames)
     context, context_null = editor.encode_text("A kitten turning its head")
-    field, condition = editor._field(context, context_null, 1.0, latent[:, :1].clone(), latent.shape)
-    return latent, field, condition
+    field = editor.model.velocity_field(editor.edit_job(latent, context, context_null, 1.0, latent[:, :1].clone()))
+    return latent, field, field.condition
 
 
 def round_trip_error(source, scheme, regenerate_step, steps):

@@ -236,21 +236,36 @@ class WanTaskBase:
         return base
 
     # -- the three steps -------------------------------------------------------------------
+    def velocity_field(self, job, offload_model=True):
+        """The guided velocity of a job: the one place that wires experts, guidance, conditioning,
+        placement and CFG parallelism together, for sampling and inversion alike."""
+        s = job.settings
+        return flow.GuidedVelocity(
+            self.experts, job.context, job.context_null, s["guide_scale"], seq_len=s["seq_len"],
+            condition=job.condition(self.patch_size), boundary=s.get("boundary"),
+            num_train_timesteps=self.num_train_timesteps, prepare=self._placer(offload_model),
+            cfg_parallel=self.cfg_parallel)
+
     @torch.no_grad()
     def denoise(self, job, offload_model=True, progress=True, callback=None, schedule=None, start=0, latent=None):
         """Run the flow core on a prepared job; returns the final latent (fp32)."""
         s = job.settings
         schedule = schedule or flow.make_schedule(s["sample_solver"], s["sampling_steps"], s["shift"],
                                                   self.num_train_timesteps)
-        condition = job.condition(self.patch_size)
-        field = flow.GuidedVelocity(
-            self.experts, job.context, job.context_null, s["guide_scale"], seq_len=s["seq_len"],
-            condition=condition, boundary=s["boundary"], num_train_timesteps=self.num_train_timesteps,
-            prepare=self._placer(offload_model), cfg_parallel=self.cfg_parallel)
-        self.last_field = field
+        field = self.velocity_field(job, offload_model)
         with self.autocast():
             start_latent = job.noise if latent is None else latent
-            out = flow.sample(field, start_latent.to(self.device), schedule, condition, progress, callback, start)
+            out = flow.sample(field, start_latent.to(self.device), schedule, field.condition, progress, callback,
+                              start)
+        self._release(offload_model)
+        return out
+
+    @torch.no_grad()
+    def invert(self, job, schedule, scheme="euler", offload_model=True):
+        """Integrate the job's latent (`job.noise`, here clean data) up `schedule` reversed."""
+        field = self.velocity_field(job, offload_model)
+        with self.autocast():
+            out = flow.invert(field, job.noise.to(self.device), schedule, scheme, field.condition)
         self._release(offload_model)
         return out
 

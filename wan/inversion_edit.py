@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from . import flow
+from .base import Job
 from .configs import WAN_CONFIGS
 from .errors import WanInputError
 from .staged import checkpoint_fingerprint, read_stage_file, write_stage_file
@@ -109,12 +110,11 @@ class TI2VInversionEditor:
         return SourceClip(resize_center_crop(frames, width, height), fps, str(source_video), file_sha256(source_video))
 
     def target_frame(self, target_image, clip):
-        """The edited first frame, converted and resized/cropped exactly like the source frames;
-        the source's own first frame when no image is given."""
+        """The edited first frame as uint8 frames [1, H, W, 3], converted and resized/cropped
+        exactly like the source frames; the source's own first frame when no image is given."""
         if target_image is None:
             return clip.frames[:1]
-        image = load_image(target_image) if isinstance(target_image, (str, os.PathLike)) else target_image
-        return image_to_frames(resize_center_crop(image.convert("RGB"), clip.frames.shape[2], clip.frames.shape[1]))
+        return fit_image(target_image, (clip.frames.shape[2], clip.frames.shape[1]))
 
     @torch.no_grad()
     def encode(self, frames):
@@ -122,8 +122,7 @@ class TI2VInversionEditor:
 
     def encode_target_frame(self, target_image, size):
         """Latent of the edited first frame, resized/cropped to `size` (W, H) like the source."""
-        image = load_image(target_image) if isinstance(target_image, (str, os.PathLike)) else target_image
-        return self.encode(image_to_frames(resize_center_crop(image.convert("RGB"), *size)))
+        return self.encode(fit_image(target_image, size))
 
     def encode_text(self, prompt, n_prompt="", guide_scale=1.0):
         """(context, context_null); the negative prompt is encoded only when CFG needs it."""
@@ -131,13 +130,11 @@ class TI2VInversionEditor:
         return context, (context_null if guide_scale != 1.0 else None)
 
     # -- the two passes over latents (no text or VAE encoder needed) ----------------------------
-    def _field(self, context, context_null, guide_scale, first_frame, latent_shape):
-        condition = flow.FirstFrameCondition(first_frame.to(self.device), self.config.patch_size)
-        field = flow.GuidedVelocity(self.model.experts, context, context_null, guide_scale,
-                                    seq_len=flow.seq_len_for(latent_shape, self.config.patch_size),
-                                    condition=condition, prepare=self.model._placer(self.offload_model),
-                                    cfg_parallel=self.model.cfg_parallel)
-        return field, condition
+    def edit_job(self, latent, context, context_null, guide_scale, first_frame):
+        """A job for the task's flow core: `latent` to integrate, `first_frame` held fixed."""
+        settings = dict(guide_scale=guide_scale, seq_len=flow.seq_len_for(latent.shape, self.config.patch_size))
+        return Job(noise=latent.to(self.device), context=context, context_null=context_null, settings=settings,
+                   first_frame=first_frame.to(self.device))
 
     @torch.no_grad()
     def invert_latent(self, latent, context, context_null, shift=5.0, inversion_steps=50, guide_scale=1.0,
@@ -146,27 +143,19 @@ class TI2VInversionEditor:
         fraction `strength`), its first frame held fixed. Returns (latent at sigma, sigma)."""
         if not 0.0 < strength <= 1.0:
             raise WanInputError(f"--inversion_strength must be in (0, 1], got {strength}")
-        latent = latent.to(self.device)
-        field, condition = self._field(context, context_null, guide_scale, latent[:, :1], latent.shape)
+        job = self.edit_job(latent, context, context_null, guide_scale, latent[:, :1])
         schedule = flow.make_schedule("euler", inversion_steps, shift, self.config.num_train_timesteps)
         partial = schedule.tail(max(1, round(strength * inversion_steps)))
-        with self.model.autocast():
-            noise = flow.invert(field, latent, partial, scheme, condition)
-        self.model._release(self.offload_model)
-        return noise, float(partial.sigmas[0])
+        return self.model.invert(job, partial, scheme, self.offload_model), float(partial.sigmas[0])
 
     @torch.no_grad()
     def generate_latent(self, noise, sigma, first_frame, context, context_null, shift=5.0, generation_steps=50,
                         guide_scale=5.0, sample_solver="euler"):
         """Sample from a latent inverted up to `sigma`, with `first_frame` held fixed."""
-        noise = noise.to(self.device)
-        field, condition = self._field(context, context_null, guide_scale, first_frame, noise.shape)
+        job = self.edit_job(noise, context, context_null, guide_scale, first_frame)
         schedule = flow.make_schedule(sample_solver, generation_steps, shift, self.config.num_train_timesteps)
         start = first_index_at_or_below(schedule.sigmas, sigma)
-        with self.model.autocast():
-            edited = flow.sample(field, noise, schedule, condition, start=start)
-        self.model._release(self.offload_model)
-        return edited
+        return self.model.denoise(job, self.offload_model, schedule=schedule, start=start)
 
     # -- the public one-call API ----------------------------------------------------------------
     @torch.no_grad()
@@ -298,6 +287,12 @@ def write_comparison(output, source_frames, target_frame, edited, fps):
     for name, frame in (("source", frames[0]), ("target", target_frame[0]), ("edited", edited_frames[0])):
         with atomic_path(f"{stem}_{name}_first_frame.png") as tmp:
             Image.fromarray(frame.numpy()).save(tmp)
+
+
+def fit_image(image, size):
+    """A path or PIL image -> uint8 frames [1, H, W, 3] on the (W, H) grid, by the TI2V rule."""
+    image = load_image(image) if isinstance(image, (str, os.PathLike)) else image
+    return image_to_frames(resize_center_crop(image.convert("RGB"), *size))
 
 
 def first_index_at_or_below(sigmas, sigma):
