@@ -37,7 +37,7 @@ def swap_in_full_size_ti2v(task, device, compile_model=True, vae_dtype=torch.bfl
     if compile_model:
         dit.compile_blocks()
     task.experts = (dit,)
-    task.vae.model = full_size_vae(device, vae_dtype)
+    task.vae.model = full_size_vae(device, vae_dtype).use_channels_last()  # as the wrapper does on the GPU
     task.vae.dtype = vae_dtype
     t5 = random_on_device(meta_umt5_encoder(umt5_config()), device, torch.bfloat16, seed=3)
     t5.set_input_embeddings(t5.shared)

@@ -268,3 +268,41 @@ def test_upsample_equals_nearest_exact_interpolation():
     x = torch.randn(2, 3, 4, 5, 7)
     expected = torch.nn.functional.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact")
     assert torch.equal(upsample2x_nearest(x), expected)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_channels_last_decode_equals_default_layout(version, tiny_paths):
+    """The GPU layout (use_channels_last) changes memory order only, never values; the test runs
+    it on the CPU, where the reference layout is the default."""
+    s = VERSIONS[version]["stride"]
+    vae = load(version, tiny_paths[version])
+    with torch.no_grad():
+        latent = vae.encode([random_video(9, 2 * s, 3 * s)])[0]
+        default = vae.decode([latent])[0]
+        vae.model.use_channels_last()
+        assert vae.model.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        reordered = vae.decode([latent])[0]
+    torch.testing.assert_close(reordered, default, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_norm_silu_matches_the_separate_layers():
+    """The GPU's fused RMS_norm + SiLU (torch.compile) against the layers one by one, compiled here
+    for the CPU: a compilation per layout serves every width and chunk length."""
+    from torch._dynamo.utils import counters
+
+    from wan.modules.vae_blocks import RMS_norm, norm_silu
+
+    cases = [(c, t, layout) for c, t in ((6, 1), (10, 3), (16, 2))
+             for layout in (torch.contiguous_format, torch.channels_last_3d)]
+
+    graphs_before = counters["stats"]["unique_graphs"]
+    for channels, frames, layout in cases:
+        norm = RMS_norm(channels)
+        norm.gamma.data.uniform_(0.5, 1.5)
+        x = torch.randn(1, channels, frames, 5, 4).contiguous(memory_format=layout)
+        expected = torch.nn.functional.silu(norm(x))
+        fused = norm_silu(norm, x, fused=True)
+        assert fused.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6)
+    # Compiled at all, and not once per width: a layout may compile twice (single-frame views).
+    assert 1 <= counters["stats"]["unique_graphs"] - graphs_before <= 4

@@ -9,12 +9,12 @@ import torch.nn as nn
 from .vae_blocks import (
     CausalConv3d,
     CausalVideoVAE,
+    HeadBlock,
     StreamingDecoder,
     StreamingEncoder,
     Resample,
     ResidualBlock,
     VideoVAEWrapper,
-    head_block,
     load_vae,
     middle_block,
     read_vae_state,
@@ -48,7 +48,7 @@ class Encoder3d(StreamingEncoder):
                 layers.append(Resample(block_out, "downsample3d" if temperal_downsample[level] else "downsample2d"))
         self.downsamples = nn.Sequential(*layers)
         self.middle = middle_block(dims[-1])
-        self.head = head_block(dims[-1], z_dim)
+        self.head = HeadBlock(dims[-1], z_dim)
 
 
 class Decoder3d(StreamingDecoder):
@@ -68,7 +68,7 @@ class Decoder3d(StreamingDecoder):
             if level != last_level:
                 layers.append(Resample(block_out, "upsample3d" if temperal_upsample[level] else "upsample2d"))
         self.upsamples = nn.Sequential(*layers)
-        self.head = head_block(dims[-1], out_dim)
+        self.head = HeadBlock(dims[-1], out_dim)
 
 
 class WanVAE_(CausalVideoVAE):

@@ -12,13 +12,15 @@ import torch.nn.functional as F
 from .vae_blocks import (
     CausalConv3d,
     CausalVideoVAE,
+    HeadBlock,
     StreamingDecoder,
     StreamingEncoder,
     Resample,
     ResidualBlock,
     Streaming,
     VideoVAEWrapper,
-    head_block,
+    channels_last,
+    from_channels_last,
     load_vae,
     middle_block,
     read_vae_state,
@@ -91,8 +93,9 @@ class DupUp3D(nn.Module):
     def forward(self, x):
         ft, fs = self.factor_t, self.factor_s
         b, _, t, h, w = x.shape
-        x = x.repeat_interleave(self.repeats, dim=1).view(b, self.out_dim, ft, fs, fs, t, h, w)
-        return x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, self.out_dim, t * ft, h * fs, w * fs)
+        x = channels_last(x).repeat_interleave(self.repeats, dim=-1).unflatten(-1, (self.out_dim, ft, fs, fs))
+        x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)  # [b, t, ft, h, fs, w, fs, out]
+        return from_channels_last(x.reshape(b, t * ft, h * fs, w * fs, self.out_dim))
 
 
 class Down_ResidualBlock(nn.Module, Streaming):
@@ -149,7 +152,7 @@ class Encoder3d(StreamingEncoder):
             for level, (block_in, block_out) in enumerate(zip(dims[:-1], dims[1:]))
         ])
         self.middle = middle_block(dims[-1])
-        self.head = head_block(dims[-1], z_dim)
+        self.head = HeadBlock(dims[-1], z_dim)
 
 
 class Decoder3d(StreamingDecoder):
@@ -165,7 +168,7 @@ class Decoder3d(StreamingDecoder):
                              up_flag=level != last_level)
             for level, (block_in, block_out) in enumerate(zip(dims[:-1], dims[1:]))
         ])
-        self.head = head_block(dims[-1], out_dim)
+        self.head = HeadBlock(dims[-1], out_dim)
 
 
 class WanVAE_(CausalVideoVAE):
