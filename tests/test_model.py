@@ -171,8 +171,8 @@ def test_ffn_chunking_matches_unchunked():
 
 @torch.no_grad()
 def test_compiled_blocks_trace_and_match():
-    """The blocks must trace without graph breaks into one graph each; aot_eager runs the traced
-    graph with eager kernels, so the output must match to float rounding."""
+    """Each block's three sublayers must trace without graph breaks into one graph each; aot_eager
+    runs the traced graphs with eager kernels, so the output must match to float rounding."""
     model = tiny("t2v")
     x = torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(5))
     ctx = [torch.randn(5, 24)]
@@ -195,3 +195,16 @@ def test_fp8_linears_deviate_a_little():
     assert type(model.blocks[0].ffn[0]).__name__ == "FP8Linear"
     error = relative_error(quantised, exact)
     assert 1e-4 < error < 0.1, error
+
+
+def test_rotary_table_equals_the_pairwise_rotation():
+    """RotaryTable's per-channel form against the reference's pairwise formula, bit for bit."""
+    from wan.modules.model import RotaryTable
+
+    gen = torch.Generator().manual_seed(3)
+    angles = torch.rand(2, 7, 1, 4, generator=gen) * 6
+    x = torch.randn(2, 7, 3, 8, generator=gen)
+    a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = angles.cos(), angles.sin()
+    expected = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+    assert torch.equal(RotaryTable.from_angles(cos, sin).rotate(x), expected)
