@@ -17,6 +17,9 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_dit import timed  # noqa: E402
 
 from wan.modules.fp8 import FP8, FP8_MAX  # noqa: E402
 
@@ -116,18 +119,6 @@ def fp8_attention(q, k, v, config=None):
         vt.stride(0), vt.stride(1), vt.stride(2), out.stride(0), out.stride(1), out.stride(2),
         HEAD_DIM=dim, **config)
     return out
-
-
-def timed(fn, repeats):
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        out = fn()
-    end.record()
-    torch.cuda.synchronize()
-    return out, start.elapsed_time(end) / 1000 / repeats
 
 
 def relative(a, b):
