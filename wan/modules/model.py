@@ -307,9 +307,9 @@ class WanModel(nn.Module):
         return self
 
     def compile_blocks(self, **options):
-        """torch.compile each transformer block in place (state-dict keys unchanged). Fuses the
-        fp32 norm / modulation / RoPE element-wise work around the matmuls; same numerics up to
-        the fused kernels' rounding (tests/test_model.py checks it on the CPU)."""
+        """torch.compile each transformer block's three sublayers in place (state-dict keys
+        unchanged). Fuses the fp32 norm / modulation / RoPE element-wise work around the matmuls;
+        same numerics up to the fused kernels' rounding (tests/test_model.py checks it on the CPU)."""
         for block in self.blocks:
             block.compile_sublayers(**options)
         return self
