@@ -356,8 +356,8 @@ class WanModel(nn.Module):
     def _run_blocks(self, hidden, e0, seq_lens, rope, context, t, context_key):
         cache = self.step_cache
         if cache is not None:
-            probe = _modulate(self.blocks[0].norm1(hidden), *(e0.row(m) for m in (
-                self.blocks[0].modulation.float() + e0.table).unbind(1)[:2]), torch.float32)
+            first = self.blocks[0]
+            probe = _modulate(first.norm1(hidden), first._modulation(e0, 0), first._modulation(e0, 1), torch.float32)
             residual = cache.lookup(probe, float(torch.as_tensor(t).max()), context_key)
             if residual is not None:
                 return hidden + residual

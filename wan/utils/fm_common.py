@@ -72,9 +72,10 @@ class FlowSchedulerOutput:
 class FlowScheduler:
     """Grid, step counter and call convention shared by the flow schedulers.
 
-    Subclasses define `_base_sigmas(n)` (the unshifted grid), `_reset_solver_state()` and
-    `_update(velocity, sample)` (one step from sigmas[i] to sigmas[i+1], tensors already in the compute
-    dtype). `config` mirrors the diffusers attribute style (`scheduler.config.num_train_timesteps`).
+    Subclasses define `_reset_solver_state()` and `_update(velocity, sample)` (one step from
+    sigmas[i] to sigmas[i+1], tensors already in the compute dtype), and may override
+    `_base_sigmas(n)` (the unshifted grid). `config` mirrors the diffusers attribute style
+    (`scheduler.config.num_train_timesteps`).
     """
 
     def __init__(self, num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False, **solver_config):
@@ -112,6 +113,11 @@ class FlowScheduler:
         self._lambdas = [flow_lambda(s) for s in self._sigma_values]
         self._begin_index = None
         self._reset_state()
+
+    def _base_sigmas(self, num_inference_steps):
+        """The unshifted grid; the official UniPC / DPM++ one unless a subclass says otherwise."""
+        c = self.config
+        return official_base_sigmas(num_inference_steps, c.num_train_timesteps, c.shift, c.use_dynamic_shifting)
 
     def _reset_state(self):
         self._step_index = None

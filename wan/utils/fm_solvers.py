@@ -10,7 +10,7 @@ lambda = log((1 - sigma) / sigma).
 import inspect
 import math
 
-from .fm_common import FlowScheduler, get_sampling_sigmas, official_base_sigmas
+from .fm_common import FlowScheduler, get_sampling_sigmas
 
 __all__ = ["FlowDPMSolverMultistepScheduler", "FlowEulerScheduler", "get_sampling_sigmas",
            "retrieve_timesteps"]
@@ -47,11 +47,6 @@ class FlowDPMSolverMultistepScheduler(FlowScheduler):
         super().__init__(num_train_timesteps, shift, use_dynamic_shifting, solver_order=solver_order,
                          prediction_type="flow_prediction", algorithm_type="dpmsolver++",
                          solver_type="midpoint", final_sigmas_type="zero")
-
-    def _base_sigmas(self, num_inference_steps):
-        c = self.config
-        return official_base_sigmas(num_inference_steps, c.num_train_timesteps, c.shift,
-                                    c.use_dynamic_shifting)
 
     def _reset_solver_state(self):
         self.model_outputs = [None] * self.config.solver_order

@@ -9,7 +9,7 @@ lambda = log((1 - sigma) / sigma), with hh = -h, phi1 = expm1(hh) and B(h) = exp
 """
 import math
 
-from .fm_common import FlowScheduler, official_base_sigmas
+from .fm_common import FlowScheduler
 
 __all__ = ["FlowUniPCMultistepScheduler"]
 
@@ -33,11 +33,6 @@ class FlowUniPCMultistepScheduler(FlowScheduler):
                          solver_type=solver_type, lower_order_final=lower_order_final,
                          disable_corrector=list(disable_corrector), prediction_type="flow_prediction",
                          predict_x0=True, final_sigmas_type="zero")
-
-    def _base_sigmas(self, num_inference_steps):
-        c = self.config
-        return official_base_sigmas(num_inference_steps, c.num_train_timesteps, c.shift,
-                                    c.use_dynamic_shifting)
 
     def _reset_solver_state(self):
         self.model_outputs = [None] * self.config.solver_order
