@@ -1,16 +1,22 @@
-"""One attention entry point for every network in the package.
+"""One attention entry point for the DiT's self- and cross-attention (and its Ulysses wrapper).
 
 Layout follows the DiT: q [B, Lq, heads, head_dim], k and v [B, Lk, heads, head_dim]. Backends:
-- "sdpa" (default): torch's scaled_dot_product_attention. Inside `sdpa_preferences` the cuDNN
-  kernel is put first on CUDA because on Hopper it is much faster than the flash kernel at Wan's
-  sequence lengths (~600 vs ~366 TFLOP/s at 27k tokens, DESIGN.md).
-- "flash": flash-attn 3 (flash_attn_interface) or 2 (flash_attn) when installed.
+- "sdpa" (the default without FlashAttention-3): torch's scaled_dot_product_attention. Inside
+  `sdpa_preferences` the cuDNN kernel is put first on CUDA because on Hopper it is much faster
+  than the flash kernel at Wan's sequence lengths (~600 vs ~366 TFLOP/s at 27k tokens, DESIGN.md).
+- "flash": flash-attn 3 (flash_attn_interface) or 2 (flash_attn) when installed. The default when
+  FlashAttention-3 is installed: on an H200 it is faster than cuDNN at Wan's shapes
+  (docs/PERFORMANCE.md). fp32 inputs still go through SDPA, so fp32 runs stay fp32.
+- "flash-fp8" (opt-in, inexact): FlashAttention-3 with q, k and v in float8 e4m3, one scale per
+  sample and head; its deviation from exact attention is measured in docs/PERFORMANCE.md.
 """
 import contextlib
 import logging
 
 import torch
 import torch.nn.functional as F
+
+from .fp8 import FP8, FP8_MAX
 
 try:
     import flash_attn_interface  # FlashAttention-3 (Hopper)
@@ -21,8 +27,8 @@ try:
 except ImportError:
     flash_attn = None
 
-BACKENDS = ("sdpa", "flash")
-_default_backend = "sdpa"
+BACKENDS = ("sdpa", "flash", "flash-fp8")
+_default_backend = "flash" if flash_attn_interface is not None else "sdpa"
 
 
 def set_attention_backend(name):
@@ -32,7 +38,18 @@ def set_attention_backend(name):
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
     if name == "flash" and flash_attn_interface is None and flash_attn is None:
         raise ValueError("attention backend 'flash' needs flash-attn installed (flash_attn or flash_attn_interface)")
+    if name == "flash-fp8" and flash_attn_interface is None:
+        raise ValueError("attention backend 'flash-fp8' needs FlashAttention-3 installed (flash_attn_interface)")
     _default_backend = name
+
+
+def flash_attention_3_installed():
+    return flash_attn_interface is not None
+
+
+def attention_backend():
+    """The backend `attention(..., backend=None)` uses."""
+    return _default_backend
 
 
 def attention(q, k, v, k_lens=None, backend=None):
@@ -42,8 +59,8 @@ def attention(q, k, v, k_lens=None, backend=None):
     Returns [B, Lq, heads, head_dim] in q's dtype."""
     backend = backend or _default_backend
     k, v, mask = _restrict_keys(k, v, k_lens)
-    if backend == "flash" and mask is None and q.is_cuda:
-        return _flash(q, k, v)
+    if backend != "sdpa" and mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return _flash_fp8(q, k, v) if backend == "flash-fp8" else _flash(q, k, v)
     out = _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
     return out.transpose(1, 2)
 
@@ -93,4 +110,20 @@ def _flash(q, k, v):
     else:
         logging.getLogger(__name__).warning("flash-attn is not installed; using SDPA")
         return _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None).transpose(1, 2)
+    return out.to(q.dtype)
+
+
+def per_head_fp8(x):
+    """x [B, L, heads, head_dim] -> (x / scale in e4m3, scale [B, heads] fp32), so each sample's head
+    uses the whole fp8 range. The division is a multiplication by a reciprocal rounded to x's dtype,
+    and the returned scale is that reciprocal's exact inverse, so dequantising undoes it."""
+    amax = x.abs().amax(dim=(1, 3)).float().clamp_min(1e-12)  # [B, heads]
+    inverse = (FP8_MAX / amax).to(x.dtype)
+    return (x * inverse[:, None, :, None]).to(FP8), 1.0 / inverse.float()
+
+
+def _flash_fp8(q, k, v):
+    (q8, q_scale), (k8, k_scale), (v8, v_scale) = (per_head_fp8(x) for x in (q, k, v))
+    out = flash_attn_interface.flash_attn_func(q8, k8, v8, q_descale=q_scale, k_descale=k_scale, v_descale=v_scale)
+    out = out[0] if isinstance(out, tuple) else out
     return out.to(q.dtype)
