@@ -153,7 +153,8 @@ def build_task(args):
                       t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype, compile_model=args.compile,
                       vae_dtype=vae_dtype(args.vae_dtype), load=STAGE_MODELS[args.stage], rank=distributed.get_rank(),
                       t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp, use_sp=args.ulysses_size > 1,
-                      cfg_parallel=args.cfg_parallel, step_cache=args.step_cache, fp8=args.fp8, **v2v)
+                      cfg_parallel=args.cfg_parallel, step_cache=args.step_cache, fp8=args.fp8,
+                      attention=args.attention, **v2v)
 
 
 def prepare_job(task, args, width, height, image):

@@ -81,7 +81,7 @@ def main(argv=None):
         return task_class(config=WAN_CONFIGS[args.task], checkpoint_dir=args.ckpt_dir, device=args.device,
                           t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype,
                           compile_model=args.compile, vae_dtype=vae_dtype(args.vae_dtype),
-                          step_cache=args.step_cache, fp8=args.fp8,
+                          step_cache=args.step_cache, fp8=args.fp8, attention=args.attention,
                           vlm_path=args.vlm_path, vlm_device=args.vlm_device)
 
     area = dict(size=(width, height)) if args.task == "v2v-5B" else {}

@@ -200,7 +200,8 @@ def main(argv=None):
                                  compile_model=args.compile, vae_dtype=vae_dtype(args.vae_dtype),
                                  load=STAGE_MODELS[args.stage], t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp,
                                  use_sp=args.ulysses_size > 1, cfg_parallel=args.cfg_parallel,
-                                 step_cache=args.step_cache, fp8=args.fp8)
+                                 step_cache=args.step_cache, fp8=args.fp8,
+                                 attention=args.attention)
     for edit in distributed.main_tqdm(pending, desc="edits", disable=len(pending) < 2):
         run_edit(StagedEdit(editor), args, edit, editor.model_id)
     return [e["output"] for e in pending]

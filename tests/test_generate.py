@@ -9,6 +9,7 @@ from PIL import Image
 import generate
 from conftest import DATA, run_script
 from wan.configs import WAN_CONFIGS
+from wan.modules.attention import flash_attention_3_installed
 from wan.utils.video_io import probe_video, read_video
 
 TINY_SIZE = "64*64"
@@ -78,6 +79,9 @@ BAD_INPUTS = [
     (["--size", "big"], "WIDTH*HEIGHT"),
     (["--image", "/nonexistent/cat.png"], "/nonexistent/cat.png"),
     (["--ckpt_dir", "/nonexistent/ckpt"], "/nonexistent/ckpt"),
+    (["--attention", "xformers"], "invalid choice"),
+    pytest.param(["--attention", "flash-fp8"], "needs FlashAttention-3",
+                 marks=pytest.mark.skipif(flash_attention_3_installed(), reason="FlashAttention-3 is installed")),
 ]
 
 

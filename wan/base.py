@@ -19,6 +19,7 @@ import torch
 from . import distributed, flow
 from .distributed import is_sharded
 from .errors import CheckpointError, WanInputError
+from .modules.attention import set_attention_backend
 from .modules.model import WanModel
 from .modules.t5 import T5EncoderModel
 from .modules.vae2_1 import Wan2_1_VAE
@@ -100,9 +101,15 @@ class WanTaskBase:
 
     def __init__(self, config, checkpoint_dir, device_id=0, rank=0, t5_fsdp=False, dit_fsdp=False, use_sp=False,
                  t5_cpu=False, init_on_cpu=True, convert_model_dtype=False, device=None, load=("t5", "vae", "dit"),
-                 compile_model=False, vae_dtype=torch.float32, cfg_parallel=False, step_cache=0.0, fp8=False):
+                 compile_model=False, vae_dtype=torch.float32, cfg_parallel=False, step_cache=0.0, fp8=False,
+                 attention=None):
         if not os.path.isdir(checkpoint_dir):
             raise CheckpointError(f"checkpoint directory not found: {checkpoint_dir}")
+        if attention is not None:  # process-wide: the DiTs' attention goes through one entry point
+            try:
+                set_attention_backend(attention)
+            except ValueError as err:
+                raise WanInputError(f"--attention {attention}: {err}") from None
         if t5_fsdp and t5_cpu:
             raise WanInputError("--t5_fsdp shards T5 over the GPUs; it cannot be combined with --t5_cpu")
         self.config = config

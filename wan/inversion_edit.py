@@ -78,13 +78,14 @@ class TI2VInversionEditor:
 
     def __init__(self, ckpt_dir, device=None, offload_model=False, t5_cpu=False, convert_model_dtype=False,
                  config=None, compile_model=False, vae_dtype=torch.float32, load=("t5", "vae", "dit"),
-                 t5_fsdp=False, dit_fsdp=False, use_sp=False, cfg_parallel=False, step_cache=0.0, fp8=False):
+                 t5_fsdp=False, dit_fsdp=False, use_sp=False, cfg_parallel=False, step_cache=0.0, fp8=False,
+                 attention=None):
         self.config = config or WAN_CONFIGS["ti2v-5B"]
         self.offload_model = offload_model
         self.model = WanTI2V(self.config, ckpt_dir, device=device, t5_cpu=t5_cpu,
                              convert_model_dtype=convert_model_dtype, compile_model=compile_model,
                              vae_dtype=vae_dtype, load=load, t5_fsdp=t5_fsdp, dit_fsdp=dit_fsdp, use_sp=use_sp,
-                             cfg_parallel=cfg_parallel, step_cache=step_cache, fp8=fp8)
+                             cfg_parallel=cfg_parallel, step_cache=step_cache, fp8=fp8, attention=attention)
         self.device = self.model.device
         self.model_id = checkpoint_fingerprint(ckpt_dir, self.config)
 

@@ -52,6 +52,13 @@ def add_speed_flags(parser):
     parser.add_argument("--fp8", action="store_true",
                         help="inexact, opt-in: FP8 linear layers in the DiT blocks (Hopper; ~4%% output deviation "
                              "on random weights, 1.1x faster, half the linear-weight memory)")
+    from ..modules.attention import BACKENDS
+
+    parser.add_argument("--attention", choices=BACKENDS, default=None,
+                        help="attention kernel: sdpa (cuDNN first on CUDA), flash (FlashAttention-3, or 2) or "
+                             "flash-fp8 (inexact, opt-in: FlashAttention-3 with fp8 q/k/v, ~5%% deviation per "
+                             "attention, 1.2-1.3x faster attention). Default: flash when FlashAttention-3 is "
+                             "installed, else sdpa")
     parser.add_argument("--step_cache", type=float, default=0.0, metavar="THRESHOLD",
                         help="inexact, opt-in: skip the DiT blocks on steps whose input changed less than this "
                              "(accumulated relative L1, e.g. 0.05-0.2), reusing the last residual; 0: off")
