@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from wan.modules.attention import attention_backend, set_attention_backend  # noqa: E402
 from wan.modules.convert import diffusers_to_official_keys, official_config_to_diffusers  # noqa: E402
 from wan.modules.model import WanModel  # noqa: E402
 
@@ -81,30 +82,45 @@ VARIANTS = {
     "eager": dict(),
     "compile": dict(compile=True),
     "compile+chunk": dict(compile=True, ffn_chunk=8192),
+    "compile+fa3": dict(compile=True, attention="flash"),  # needs FlashAttention-3 installed
     "compile+fp8": dict(compile=True, fp8=True),
+    "compile+fp8+fa3fp8": dict(compile=True, fp8=True, attention="flash-fp8"),
 }
+
+
+def build(config, device):
+    """Our model in bf16 on the GPU with the benchmark's deterministic weights."""
+    with torch.device("meta"):
+        model = WanModel(**config)
+    model = model.to_empty(device=device).requires_grad_(False).eval()
+    fill_(model, lambda name: name, device)
+    return model.to(torch.bfloat16)
+
+
+def apply_variant(model, options):
+    """Bring the model to a variant's options. FP8 goes last in a variant list: it replaces the
+    linears, so the model cannot go back."""
+    if options.get("fp8") and not getattr(model, "_fp8", False):
+        model.quantize_fp8()
+        model._fp8 = True
+        torch._dynamo.reset()
+        model._compiled = False
+    if options.get("attention", "sdpa") != attention_backend():
+        set_attention_backend(options.get("attention", "sdpa"))
+        torch._dynamo.reset()  # compiled sublayers retrace with the new kernel
+    if options.get("compile") and not getattr(model, "_compiled", False):
+        model.compile_blocks()
+        model._compiled = True
+    model.set_ffn_chunk(options.get("ffn_chunk"))
 
 
 def ours(config, x, context, t, seq_len, repeats, device, variants):
     """Time each variant on one model (compiling in place for the compiled ones); returns
     {variant: (output, seconds, peak GB)}."""
-    with torch.device("meta"):
-        model = WanModel(**config)
-    model = model.to_empty(device=device).requires_grad_(False).eval()
-    fill_(model, lambda name: name, device)
-    model.to(torch.bfloat16)
+    model = build(config, device)
     results = {}
     for variant in variants:
-        options = VARIANTS[variant]
-        if options.get("fp8") and not getattr(model, "_fp8", False):  # last: it replaces the linears
-            model.quantize_fp8()
-            model._fp8 = True
-            torch._dynamo.reset()
-            model._compiled = False
-        if options.get("compile") and not getattr(model, "_compiled", False):
-            model.compile_blocks()
-            model._compiled = True
-        model.set_ffn_chunk(options.get("ffn_chunk"))
+        apply_variant(model, VARIANTS[variant])
         torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
             out, seconds = timed(lambda: model([x], t=t, context=[context], seq_len=seq_len)[0], repeats)
@@ -112,38 +128,41 @@ def ours(config, x, context, t, seq_len, repeats, device, variants):
     return results
 
 
-def profile(config, x, context, t, seq_len, device, rows=25):
-    """Kernel-level breakdown of one eager forward (torch.profiler), printed as a table."""
-    with torch.device("meta"):
-        model = WanModel(**config)
-    model = model.to_empty(device=device).requires_grad_(False).eval()
-    fill_(model, lambda name: name, device)
-    model.to(torch.bfloat16)
+def profile(config, x, context, t, seq_len, device, variant, rows=25):
+    """Kernel-level breakdown of one forward of a variant (torch.profiler), printed as a table."""
+    model = build(config, device)
+    apply_variant(model, VARIANTS[variant])
     with torch.no_grad():
-        model([x], t=t, context=[context], seq_len=seq_len)
+        for _ in range(2):  # compile, then warm
+            model([x], t=t, context=[context], seq_len=seq_len)
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             model([x], t=t, context=[context], seq_len=seq_len)
             torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def attention_rate(tokens, heads, device, repeats=5):
-    """TFLOP/s of self-attention alone at the DiT's shape, default SDPA choice vs cuDNN first."""
-    from wan.modules.attention import sdpa_preferences
+    """TFLOP/s of self-attention alone at the DiT's shape: SDPA's default choice, SDPA with cuDNN
+    first and, when installed, FlashAttention-3 in bf16 and fp8 (with their deviation from SDPA)."""
+    from wan.modules.attention import attention, flash_attention_3_installed, sdpa_preferences
 
-    q, k, v = (torch.randn(1, heads, tokens, 128, device=device, dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(1, tokens, heads, 128, device=device, dtype=torch.bfloat16) for _ in range(3))
     flops = 4 * tokens * tokens * 128 * heads
     rates = {}
-    for name, context in (("default", None), ("cudnn-first", sdpa_preferences(device))):
-        def run():
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        if context is None:
-            _, seconds = timed(run, repeats)
-        else:
-            with context:
-                _, seconds = timed(run, repeats)
-        rates[name] = flops / seconds / 1e12
+    with sdpa_preferences(device):
+        exact, seconds = timed(lambda: attention(q, k, v, backend="sdpa"), repeats)
+    rates["cudnn-first"] = flops / seconds / 1e12
+    _, seconds = timed(lambda: attention(q, k, v, backend="sdpa"), repeats)
+    rates["default"] = flops / seconds / 1e12
+    if flash_attention_3_installed():
+        for name in ("flash", "flash-fp8"):
+            out, seconds = timed(lambda: attention(q, k, v, backend=name), repeats)
+            deviation = ((out.float() - exact.float()).norm() / exact.float().norm()).item()
+            rates[f"fa3 {name} (rel. diff {deviation:.1e})"] = flops / seconds / 1e12
     return rates
 
 
@@ -179,7 +198,7 @@ def main():
     parser.add_argument("--variants", nargs="*", default=["eager"], choices=list(VARIANTS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip_peer", action="store_true", help="time only our model")
-    parser.add_argument("--profile", action="store_true", help="print a kernel breakdown of each case")
+    parser.add_argument("--profile", action="store_true", help="print a kernel breakdown of each case (last variant)")
     parser.add_argument("--attention", action="store_true", help="time attention alone at each case's shape")
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -195,7 +214,7 @@ def main():
             rates = attention_rate(seq_len, config["num_heads"], device)
             print(f"attention {name}: " + ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in rates.items()), flush=True)
         if args.profile:
-            profile(config, x, context, t, seq_len, device)
+            profile(config, x, context, t, seq_len, device, args.variants[-1])
         repeats = max(1, args.repeats if config is TI2V_5B else min(args.repeats, 2))
         results = ours(config, x, context, t, seq_len, repeats, device, args.variants)
         gc.collect()
