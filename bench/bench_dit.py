@@ -5,7 +5,11 @@ real ones). Each case builds our model, times it, frees it, builds the diffusers
 same weights (generated per key from a fixed seed), times it, and compares the two outputs.
 
     python bench/bench_dit.py                 # every case
-    python bench/bench_dit.py --cases ti2v-121f --repeats 5
+    python bench/bench_dit.py --cases ti2v-121f-704x1280 --variants compile compile+fa3 --repeats 5
+
+Variants (--variants): eager, compile (compiled blocks), compile+chunk (chunked feed-forward),
+compile+fa3 (FlashAttention-3; needs flash_attn_interface installed), compile+fp8 (FP8 linears)
+and compile+fp8+fa3fp8 (FP8 linears and FA3's fp8 attention). Variants without "fa3" use SDPA.
 
 Prints one markdown table: forward time (mean of timed runs after a warm-up), peak GPU memory
 (weights included) and the relative difference between the two outputs.
