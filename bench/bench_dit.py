@@ -102,20 +102,23 @@ def build(config, device):
 
 
 def apply_variant(model, options):
-    """Bring the model to a variant's options. FP8 goes last in a variant list: it replaces the
+    """Bring the model to a variant's options; returns whether compiled code must retrace (the
+    caller warms up again outside its timing). FP8 goes last in a variant list: it replaces the
     linears, so the model cannot go back."""
+    retrace = False
     if options.get("fp8") and not getattr(model, "_fp8", False):
         model.quantize_fp8()
-        model._fp8 = True
-        torch._dynamo.reset()
-        model._compiled = False
+        model._fp8 = retrace = True
     if options.get("attention", "sdpa") != attention_backend():
         set_attention_backend(options.get("attention", "sdpa"))
-        torch._dynamo.reset()  # compiled sublayers retrace with the new kernel
+        retrace = True
+    if retrace:  # compiled sublayers retrace around the new layers / kernel on their next call
+        torch._dynamo.reset()
     if options.get("compile") and not getattr(model, "_compiled", False):
         model.compile_blocks()
         model._compiled = True
     model.set_ffn_chunk(options.get("ffn_chunk"))
+    return retrace
 
 
 def ours(config, x, context, t, seq_len, repeats, device, variants):

@@ -19,10 +19,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_dit import apply_variant  # noqa: E402
 from full_size import swap_in_full_size_ti2v  # noqa: E402
 
 from wan.configs import WAN_CONFIGS  # noqa: E402
-from wan.modules.attention import attention_backend, set_attention_backend  # noqa: E402
+from wan.modules.attention import attention_backend  # noqa: E402
 from wan.textimage2video import WanTI2V  # noqa: E402
 from wan.tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 
@@ -57,17 +58,9 @@ def main():
     exact = exact_video = None
     for variant in ["exact", *args.variants]:
         threshold, fp8, attention = settings(variant)
-        changed = False
-        if fp8 and not getattr(dit, "_fp8", False):
-            dit.quantize_fp8()
-            dit._fp8 = changed = True
-        if (attention or exact_attention) != attention_backend():
-            set_attention_backend(attention or exact_attention)
-            changed = True
-        if changed:  # the compiled sublayers retrace around the new layers / kernel, outside the timing
-            torch._dynamo.reset()
+        if apply_variant(dit, dict(fp8=fp8, attention=attention or exact_attention)):  # already compiled
             dit.enable_step_cache(0.0)
-            task.denoise(warm_up, False)
+            task.denoise(warm_up, False)  # retrace outside the timing
         dit.enable_step_cache(threshold)
         torch.cuda.synchronize()
         start = time.perf_counter()

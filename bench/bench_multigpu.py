@@ -24,10 +24,9 @@ import torch.distributed as dist  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_dit import A14B_T2V, TI2V_5B, fill_, inputs, timed  # noqa: E402
+from bench_dit import A14B_T2V, TI2V_5B, build, inputs, timed  # noqa: E402
 
 from wan.distributed import enable_sequence_parallel, init_distributed, shard_dit  # noqa: E402
-from wan.modules.model import WanModel  # noqa: E402
 
 # name: (model config, latent [C, T, H, W], first-frame conditioning as in TI2V image mode)
 CASES = {
@@ -35,14 +34,6 @@ CASES = {
     "a14b-expert-81f-1280x720": (A14B_T2V, (16, 21, 90, 160), False),
 }
 MODES = ("ulysses", "ulysses+fsdp")
-
-
-def build(config, device):
-    with torch.device("meta"):
-        model = WanModel(**config)
-    model = model.to_empty(device=device).requires_grad_(False).eval()
-    fill_(model, lambda name: name, device)
-    return model.to(torch.bfloat16)
 
 
 def forward_fn(model, x, context, t, seq_len):
