@@ -182,6 +182,42 @@ def test_compiled_blocks_trace_and_match():
     assert relative_error(compiled, eager) < 1e-6
 
 
+def _random_ffn(dtype, device):
+    torch.manual_seed(8)
+    ffn = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(256, 64))
+    return ffn.to(device, dtype), torch.randn(2, 37, 64, device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_feed_forward_runs_the_modules_off_cuda(dtype):
+    """The fused bias+GELU op applies the erf GELU on the CPU and has no autograd formula: off
+    CUDA and with gradients the official modules must run, bit for bit."""
+    from wan.modules.model import _feed_forward
+
+    ffn, x = _random_ffn(dtype, "cpu")
+    with torch.no_grad():
+        assert torch.equal(_feed_forward(ffn, x), ffn(x))
+    x.requires_grad_(True)
+    _feed_forward(ffn, x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@torch.no_grad()
+def test_fused_feed_forward_on_cuda_matches_the_modules():
+    """cuBLASLt's bias+GELU epilogue must be the tanh GELU: in fp32 it equals the modules to matmul
+    rounding (the erf GELU would be 2e-4 away); in bf16 it stays within the bf16 modules' own
+    distance from the fp32 result."""
+    from wan.modules.model import _feed_forward
+
+    ffn, x = _random_ffn(torch.float32, "cuda")
+    exact = ffn(x)
+    assert relative_error(_feed_forward(ffn, x), exact) < 2e-5
+    ffn, x = ffn.to(torch.bfloat16), x.to(torch.bfloat16)
+    fused, plain = _feed_forward(ffn, x).float(), ffn(x).float()
+    assert relative_error(fused, exact) <= 1.1 * relative_error(plain, exact) + 1e-4
+
+
 @torch.no_grad()
 def test_fp8_linears_deviate_a_little():
     """Opt-in and inexact: FP8 weights and activations keep the output close to the bf16-free

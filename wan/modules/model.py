@@ -53,6 +53,25 @@ def _modulate(normed, shift, scale, dtype):
     return torch.addcmul(shift, normed, 1 + scale).to(dtype)
 
 
+def _feed_forward(ffn, x):
+    """ffn: Sequential(Linear, GELU(tanh), Linear), the official layout.
+
+    On CUDA in inference the first linear's bias and tanh GELU run in the matmul's epilogue
+    (cuBLASLt): the [L, ffn_dim] hidden activations, a block's largest tensor, are written once
+    instead of being written, read and written again by a GELU kernel (17 ms of a 0.82 s TI2V
+    forward, docs/PERFORMANCE.md), and GELU sees the fp32 accumulator rather than its bf16
+    rounding. Elsewhere the plain modules run: the op has no autograd formula, and its CPU version
+    applies the exact (erf) GELU, not the tanh form the checkpoints were trained with."""
+    first = ffn[0]
+    fused = (x.is_cuda and not torch.is_grad_enabled() and not torch.is_autocast_enabled()
+             and type(first) is nn.Linear and first.bias is not None and x.dtype == first.weight.dtype)
+    if not fused:
+        return ffn(x)
+    rows = x.reshape(-1, x.shape[-1])
+    hidden = torch._addmm_activation(first.bias, rows, first.weight.t(), use_gelu=True)
+    return ffn[2](hidden.view(*x.shape[:-1], hidden.shape[-1]))
+
+
 def _gated_add(x, y, gate):
     """x + y * gate into the fp32 residual stream; in place unless autograd needs x. The in-place
     ops promote y to fp32 inside the kernel (exactly as y.float() would) without an fp32 copy."""
@@ -173,12 +192,13 @@ class WanAttentionBlock(nn.Module):
         shift, scale = self._modulation(e0, 3), self._modulation(e0, 4)
         chunk = self.ffn_chunk
         if chunk is None or x.shape[1] <= chunk:
-            y = self.ffn(_modulate(self.norm2(x), shift, scale, dtype))
+            y = _feed_forward(self.ffn, _modulate(self.norm2(x), shift, scale, dtype))
         else:
             def rows(t, start):
                 return t if t.shape[1] == 1 else t[:, start:start + chunk]
-            y = torch.cat([self.ffn(_modulate(self.norm2(rows(x, start)), rows(shift, start), rows(scale, start),
-                                              dtype)) for start in range(0, x.shape[1], chunk)], dim=1)
+            y = torch.cat([_feed_forward(self.ffn, _modulate(self.norm2(rows(x, start)), rows(shift, start),
+                                                             rows(scale, start), dtype))
+                           for start in range(0, x.shape[1], chunk)], dim=1)
         return _gated_add(x, y, self._modulation(e0, 5))
 
     def compile_sublayers(self, **options):
