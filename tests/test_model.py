@@ -182,6 +182,19 @@ def test_compiled_blocks_trace_and_match():
     assert relative_error(compiled, eager) < 1e-6
 
 
+@torch.no_grad()
+def test_default_compile_runs_inductor_with_the_block_options():
+    """compile_blocks() with no arguments: inductor with BLOCK_INDUCTOR_OPTIONS (an unknown or
+    misspelt key would fail here), generating real kernels (C++ on the CPU), same outputs."""
+    model = tiny("t2v")
+    x = torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(5))
+    ctx = [torch.randn(5, 24)]
+    eager = model([x], t=torch.tensor([500.0]), context=ctx, seq_len=8)[0]
+    compiled = model.compile_blocks()([x], t=torch.tensor([500.0]), context=ctx, seq_len=8)[0]
+    assert relative_error(compiled, eager) < 1e-5
+    torch._dynamo.reset()
+
+
 def _random_ffn(dtype, device):
     torch.manual_seed(8)
     ffn = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(256, 64))
