@@ -1,6 +1,6 @@
 """FP8 linear layers (opt-in, inexact): weights in float8 e4m3 with one scale per output channel,
 activations quantised per token at run time, products through torch._scaled_mm (Hopper's FP8
-tensor cores on CUDA; a reference implementation on the CPU). Halves linear-layer weight memory
+tensor cores) on CUDA and the same products in fp32 on the CPU. Halves linear-layer weight memory
 and roughly doubles their matmul rate; the deviation from bf16 is measured, not assumed
 (tests/test_model.py, docs/PERFORMANCE.md)."""
 import torch
@@ -28,8 +28,11 @@ class FP8Linear(nn.Module):
     def forward(self, x):
         rows = x.reshape(-1, x.shape[-1])
         quantised, scale = _rowwise(rows)
-        out = torch._scaled_mm(quantised, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
-                               out_dtype=self.out_dtype)
+        if rows.is_cuda:
+            out = torch._scaled_mm(quantised, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
+                                   out_dtype=self.out_dtype)
+        else:  # the CPU _scaled_mm takes only per-tensor scales in torch 2.11; fp8 values are exact in fp32
+            out = ((quantised.float() @ self.weight_fp8.float().t()) * scale * self.weight_scale).to(self.out_dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
