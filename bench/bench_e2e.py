@@ -2,7 +2,10 @@
 uncond batched), text encoder, DiT, VAE decode and mp4 writing, on one GPU with full-size random
 networks (see full_size.py). Also the peak GPU memory with --offload_model, the consumer setting.
 
-    python bench/bench_e2e.py [--steps 50] [--no-compile]
+    python bench/bench_e2e.py [--steps 50] [--no-compile] [--fp8] [--attention flash-fp8] [--skip_offload]
+
+--fp8 and --attention flash-fp8 are the opt-in inexact options of the generation scripts; their
+deviation from the exact output is measured by bench_inexact.py.
 """
 import argparse
 import os
@@ -18,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from full_size import swap_in_full_size_ti2v  # noqa: E402
 
 from wan.configs import WAN_CONFIGS  # noqa: E402
+from wan.modules.attention import BACKENDS, attention_backend  # noqa: E402
 from wan.textimage2video import WanTI2V  # noqa: E402
 from wan.tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 from wan.utils.utils import save_video  # noqa: E402
@@ -56,18 +60,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--fp8", action="store_true", help="FP8 linear layers in the DiT blocks (inexact)")
+    parser.add_argument("--attention", choices=BACKENDS, default=None, help="attention backend (default: the library's)")
+    parser.add_argument("--skip_offload", action="store_true", help="time only the resident run")
     args = parser.parse_args()
     device = torch.device("cuda")
     work = tempfile.mkdtemp()
     ckpt = make_tiny_checkpoint("ti2v-5B", os.path.join(work, "ckpt"))
-    task = swap_in_full_size_ti2v(WanTI2V(WAN_CONFIGS["ti2v-5B"], ckpt, device=device), device, args.compile)
+    task = WanTI2V(WAN_CONFIGS["ti2v-5B"], ckpt, device=device, attention=args.attention)
+    task = swap_in_full_size_ti2v(task, device, args.compile, fp8=args.fp8)
     for model in (*task.experts, task.text_encoder.model):
         model.to(device)
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | compile={args.compile} | VAE bf16 "
-          f"| 121f 1280x704, {args.steps} steps, CFG 5", flush=True)
+          f"| fp8={args.fp8} | attention {attention_backend()} | 121f 1280x704, {args.steps} steps, CFG 5", flush=True)
     run(task, 2, False, os.path.join(work, "warm.mp4"))  # compile and cuDNN plans
     rows = {"resident": run(task, args.steps, False, os.path.join(work, "a.mp4"))}
-    rows["offload (5 steps)"] = run(task, 5, True, os.path.join(work, "b.mp4"))
+    if not args.skip_offload:
+        rows["offload (5 steps)"] = run(task, 5, True, os.path.join(work, "b.mp4"))
     keys = list(rows["resident"])
     print("| run | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")

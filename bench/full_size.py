@@ -29,11 +29,14 @@ def full_size_vae(device, dtype, seed=2):
     return random_on_device(vae, device, dtype, seed)
 
 
-def swap_in_full_size_ti2v(task, device, compile_model=True, vae_dtype=torch.bfloat16):
-    """Replace a WanTI2V's networks (loaded from a tiny checkpoint) by full-size random ones."""
+def swap_in_full_size_ti2v(task, device, compile_model=True, vae_dtype=torch.bfloat16, fp8=False):
+    """Replace a WanTI2V's networks (loaded from a tiny checkpoint) by full-size random ones; `fp8`
+    quantises the DiT's block linears as `--fp8` does."""
     with torch.device("meta"):
         dit = WanModel(**TI2V_5B)
     dit = random_on_device(dit, device, torch.bfloat16, seed=1)
+    if fp8:
+        dit.quantize_fp8()
     if compile_model:
         dit.compile_blocks()
     task.experts = (dit,)
