@@ -66,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--vlm_device", default=None, help="v2v: device of the captioner (default: --device)")
     p.add_argument("--device", default=None, help="torch device (default: cuda:0 if available, else cpu)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the mp4 (default per task)")
-    p.add_argument("--stage", default="all", choices=list(STAGE_MODELS),
+    p.add_argument("--stage", default="all", choices=list(staged.STAGE_MODELS),
                    help="run one stage: encode (T5 + VAE), denoise (DiT), decode (VAE); default all")
     p.add_argument("--stage_dir", default=None, help="folder for the files the stages exchange")
     p.add_argument("--save_every", type=int, default=0,
@@ -143,18 +143,16 @@ def default_save_file(args):
     return f"{args.task}_{args.size.replace('*', 'x')}_{args.ulysses_size}_{prompt}_{stamp}.mp4"
 
 
-STAGE_MODELS = {"all": ("t5", "vae", "dit"), "encode": ("t5", "vae"), "denoise": ("dit",), "decode": ("vae",)}
-
 
 def build_task(args):
     task_class = getattr(wan, TASK_CLASSES[args.task])
     v2v = dict(vlm_path=args.vlm_path, vlm_device=args.vlm_device) if args.task in V2V_TASKS else {}
     return task_class(config=WAN_CONFIGS[args.task], checkpoint_dir=args.ckpt_dir, device=args.device,
                       t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype, compile_model=args.compile,
-                      vae_dtype=vae_dtype(args.vae_dtype), load=STAGE_MODELS[args.stage], rank=distributed.get_rank(),
-                      t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp, use_sp=args.ulysses_size > 1,
-                      cfg_parallel=args.cfg_parallel, step_cache=args.step_cache, fp8=args.fp8,
-                      attention=args.attention, **v2v)
+                      vae_dtype=vae_dtype(args.vae_dtype), load=staged.STAGE_MODELS[args.stage],
+                      rank=distributed.get_rank(), t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp,
+                      use_sp=args.ulysses_size > 1, cfg_parallel=args.cfg_parallel, step_cache=args.step_cache,
+                      fp8=args.fp8, attention=args.attention, **v2v)
 
 
 def prepare_job(task, args, width, height, image):

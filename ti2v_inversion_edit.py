@@ -59,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT over the GPUs of an edit (torchrun)")
     p.add_argument("--t5_fsdp", action="store_true", help="shard T5 over the GPUs of an edit (torchrun)")
     p.add_argument("--cfg_parallel", action="store_true", help="guidance branches on two halves of the GPUs")
-    p.add_argument("--stage", default="all", choices=sorted(STAGE_MODELS),
+    p.add_argument("--stage", default="all", choices=sorted(staged.STAGE_MODELS),
                    help="run one stage: encode (T5 + VAE), denoise (DiT), decode (VAE); default all")
     p.add_argument("--stage_dir", default=None, help="folder for the files the stages exchange")
     add_speed_flags(p)
@@ -173,8 +173,6 @@ def write_outputs(staged_edit, args, edit, settings, latent):
     log.info("wrote %s (%d frames, %dx%d, %.3g fps)", output, edited.shape[1], edited.shape[3], edited.shape[2], fps)
 
 
-STAGE_MODELS = {"all": ("t5", "vae", "dit"), "encode": ("t5", "vae"), "denoise": ("dit",), "decode": ("vae",)}
-
 
 def main(argv=None):
     env = distributed.init_distributed()  # a no-op without torchrun
@@ -198,7 +196,7 @@ def main(argv=None):
     editor = TI2VInversionEditor(args.ckpt_dir, device=args.device or env.device, offload_model=args.offload_model,
                                  t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype,
                                  compile_model=args.compile, vae_dtype=vae_dtype(args.vae_dtype),
-                                 load=STAGE_MODELS[args.stage], t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp,
+                                 load=staged.STAGE_MODELS[args.stage], t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp,
                                  use_sp=args.ulysses_size > 1, cfg_parallel=args.cfg_parallel,
                                  step_cache=args.step_cache, fp8=args.fp8,
                                  attention=args.attention)

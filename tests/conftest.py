@@ -20,19 +20,33 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
 
 
+def built_once(tmp_path_factory, make):
+    """get(name) -> make(name, fresh folder), called once per name for the session."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            built[name] = make(name, str(tmp_path_factory.mktemp(name)))
+        return built[name]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """tiny_checkpoint(task) -> path of a tiny official-layout checkpoint, built once per session."""
     from wan.tools.make_tiny_checkpoint import make_tiny_checkpoint
 
-    built = {}
+    return built_once(tmp_path_factory, make_tiny_checkpoint)
 
-    def get(task):
-        if task not in built:
-            built[task] = make_tiny_checkpoint(task, str(tmp_path_factory.mktemp(task)))
-        return built[task]
 
-    return get
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """tiny_vlm(arch) -> folder of a tiny captioner ("internvl", "qwen2_5_vl", ...), built once.
+    Seed 1: the tiny random InternVL's greedy caption is not empty."""
+    from wan.tools.tiny_vlm import write_tiny_vlm
+
+    return built_once(tmp_path_factory, lambda arch, folder: write_tiny_vlm(arch, folder, seed=1))
 
 
 def run_script(*args, timeout=300):

@@ -13,7 +13,6 @@ from conftest import DATA, run_script
 from wan.configs import WAN_CONFIGS
 from wan.errors import WanInputError
 from wan.modules.vlm import VideoCaptioner
-from wan.tools.tiny_vlm import write_tiny_vlm
 from wan.utils.video_io import probe_video, read_video, to_model_range, write_video
 from wan.video2video import PROMPTS_LOG, STITCHED_VIDEO, WanV2V, WanV2V5B, combine_prompt
 
@@ -21,10 +20,9 @@ RABBIT = os.path.join(DATA, "rabbit-figurine", "source.mp4")
 TINY = dict(frame_num=5, sampling_steps=2, seed=3)
 
 
-@pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory):
-    # seed 1: this tiny random model's greedy caption is not empty
-    return write_tiny_vlm("internvl", str(tmp_path_factory.mktemp("vlm")), seed=1)
+@pytest.fixture
+def internvl(tiny_vlm):
+    return tiny_vlm("internvl")
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +31,21 @@ def rabbit():
     return frames
 
 
-def expected_prompt(tiny_vlm, frames, prefix):
-    caption = VideoCaptioner(tiny_vlm).caption(frames)
+def expected_prompt(internvl, frames, prefix):
+    caption = VideoCaptioner(internvl).caption(frames)
     assert caption
     return combine_prompt(prefix, caption)
 
 
-def test_v2v_5b_starts_from_the_source_last_frame_and_uses_the_caption(tiny_checkpoint, tiny_vlm, rabbit):
-    task = WanV2V5B(WAN_CONFIGS["v2v-5B"], tiny_checkpoint("ti2v-5B"), device="cpu", vlm_path=tiny_vlm)
+def test_v2v_5b_starts_from_the_source_last_frame_and_uses_the_caption(tiny_checkpoint, internvl, rabbit):
+    task = WanV2V5B(WAN_CONFIGS["v2v-5B"], tiny_checkpoint("ti2v-5B"), device="cpu", vlm_path=internvl)
     image, prompt = task.continuation_inputs(RABBIT)
     assert torch.equal(torch.from_numpy(np.array(image)), rabbit[-1])
-    assert prompt == expected_prompt(tiny_vlm, rabbit, None)
+    assert prompt == expected_prompt(internvl, rabbit, None)
 
     area = dict(size=(64, 64), max_area=64 * 64)
     result = task.v2v(RABBIT, "continue video", **area, **TINY)
-    assert result.prompt == expected_prompt(tiny_vlm, rabbit, "continue video")
+    assert result.prompt == expected_prompt(internvl, rabbit, "continue video")
     # In latent space the first frame is the encoded last source frame, exactly.
     width, height = task.image_size(image, 64 * 64)
     first_latent = task.encode_first_frame(image, width, height)
@@ -58,8 +56,8 @@ def test_v2v_5b_starts_from_the_source_last_frame_and_uses_the_caption(tiny_chec
     torch.testing.assert_close(result.video[:, 0], task.decode(first_latent)[:, 0], atol=1e-4, rtol=0)
 
 
-def test_v2v_14b_conditions_on_the_source_last_frame(tiny_checkpoint, tiny_vlm, rabbit):
-    task = WanV2V(WAN_CONFIGS["v2v-14B"], tiny_checkpoint("i2v-A14B"), device="cpu", vlm_path=tiny_vlm)
+def test_v2v_14b_conditions_on_the_source_last_frame(tiny_checkpoint, internvl, rabbit):
+    task = WanV2V(WAN_CONFIGS["v2v-14B"], tiny_checkpoint("i2v-A14B"), device="cpu", vlm_path=internvl)
     image, prompt = task.continuation_inputs(RABBIT, "continue video")
     job = task.prepare(prompt, image, max_area=64 * 64, **TINY)
     height, width = job.settings["size"][1], job.settings["size"][0]
@@ -68,7 +66,7 @@ def test_v2v_14b_conditions_on_the_source_last_frame(tiny_checkpoint, tiny_vlm, 
     # the image latent channels of the I2V condition hold the encoded last source frame (the VAE is causal)
     torch.testing.assert_close(job.y[4:, :1], encoded_last, atol=1e-5, rtol=0)
     result = task.v2v(RABBIT, "continue video", max_area=64 * 64, **TINY)
-    assert result.prompt == prompt == expected_prompt(tiny_vlm, rabbit, "continue video")
+    assert result.prompt == prompt == expected_prompt(internvl, rabbit, "continue video")
     assert result.video.shape == (3, 5, height, width)
 
 
@@ -79,10 +77,10 @@ def test_without_captioner_the_prompt_is_used_as_is_and_required(tiny_checkpoint
         task.continuation_inputs(RABBIT)
 
 
-def test_generate_py_v2v(tiny_checkpoint, tiny_vlm, tmp_path):
+def test_generate_py_v2v(tiny_checkpoint, internvl, tmp_path):
     out = str(tmp_path / "v2v.mp4")
     argv = ["--task", "v2v-14B", "--ckpt_dir", tiny_checkpoint("i2v-A14B"), "--video", RABBIT, "--vlm_path",
-            tiny_vlm, "--size", "64*64", "--frame_num", "5", "--sample_steps", "2", "--save_file", out,
+            internvl, "--size", "64*64", "--frame_num", "5", "--sample_steps", "2", "--save_file", out,
             "--device", "cpu"]
     assert generate.main(argv) == out
     assert probe_video(out)[0] == 5
@@ -94,7 +92,7 @@ def short_clip(tmp_path):
     return str(path)
 
 
-def test_bad_inputs(tiny_checkpoint, tiny_vlm, tmp_path):
+def test_bad_inputs(tiny_checkpoint, internvl, tmp_path):
     ckpt = tiny_checkpoint("ti2v-5B")
     empty, corrupt, config_only = tmp_path / "empty.mp4", tmp_path / "corrupt.mp4", tmp_path / "llava"
     empty.write_bytes(b"")
@@ -106,8 +104,8 @@ def test_bad_inputs(tiny_checkpoint, tiny_vlm, tmp_path):
     cases = [
         (["--video", str(tmp_path / "missing.mp4"), "--prompt", "p"], "missing.mp4"),
         (["--video", str(empty), "--prompt", "p"], "empty (0 bytes)"),
-        (["--video", str(corrupt), "--vlm_path", tiny_vlm], "corrupt.mp4"),
-        (["--video", short_clip(tmp_path), "--vlm_path", tiny_vlm], "at least 8 frames"),
+        (["--video", str(corrupt), "--vlm_path", internvl], "corrupt.mp4"),
+        (["--video", short_clip(tmp_path), "--vlm_path", internvl], "at least 8 frames"),
         (["--video", RABBIT, "--vlm_path", str(config_only)], "model_type='llava'"),
         (["--prompt", "p"], "--video is required"),
     ]
@@ -120,21 +118,21 @@ def test_bad_inputs(tiny_checkpoint, tiny_vlm, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: --vlm_path is required for v2v-5B")
 
 
-def run_chain(tiny_checkpoint, tiny_vlm, output_dir, num_videos):
+def run_chain(tiny_checkpoint, internvl, output_dir, num_videos):
     return run_script("generate_continuous.py", "--video", RABBIT, "--task", "v2v-5B", "--ckpt_dir",
-                      tiny_checkpoint("ti2v-5B"), "--vlm_path", tiny_vlm, "--output_dir", str(output_dir),
+                      tiny_checkpoint("ti2v-5B"), "--vlm_path", internvl, "--output_dir", str(output_dir),
                       "--num_videos", str(num_videos), "--size", "64*64", "--frame_num", "9", "--sample_steps", "2",
                       "--base_seed", "10", "--device", "cpu")
 
 
-def test_chain_of_three_resumes_after_an_interruption(tiny_checkpoint, tiny_vlm, tmp_path, rabbit):
+def test_chain_of_three_resumes_after_an_interruption(tiny_checkpoint, internvl, tmp_path, rabbit):
     out = tmp_path / "chain"
-    first = run_chain(tiny_checkpoint, tiny_vlm, out, 2)  # as if killed after video 2
+    first = run_chain(tiny_checkpoint, internvl, out, 2)  # as if killed after video 2
     assert first.returncode == 0, first.stderr
     names = ["video_01_seed10.mp4", "video_02_seed11.mp4"]
     mtimes = [os.stat(out / name).st_mtime_ns for name in names]
 
-    second = run_chain(tiny_checkpoint, tiny_vlm, out, 3)
+    second = run_chain(tiny_checkpoint, internvl, out, 3)
     assert second.returncode == 0, second.stderr
     assert [os.stat(out / name).st_mtime_ns for name in names] == mtimes  # not recomputed
     assert second.stderr.count("already finished") == 2
@@ -145,7 +143,7 @@ def test_chain_of_three_resumes_after_an_interruption(tiny_checkpoint, tiny_vlm,
     assert sorted(f for f in os.listdir(out) if f.startswith("video_")) == names
     log_lines = (out / PROMPTS_LOG).read_text().splitlines()
     assert [line.split("\t")[:2] for line in log_lines] == [[n, f"seed={s}"] for n, s in zip(names, (10, 11, 12))]
-    assert log_lines[0].split("\t")[2] == "prompt=" + expected_prompt(tiny_vlm, rabbit, "continue video")
+    assert log_lines[0].split("\t")[2] == "prompt=" + expected_prompt(internvl, rabbit, "continue video")
     videos = [read_video(out / name)[0] for name in names]
     assert [len(v) for v in videos] == [9, 9, 9]
     stitched, _ = read_video(out / STITCHED_VIDEO)

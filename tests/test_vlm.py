@@ -10,22 +10,9 @@ import torch
 from conftest import DATA, run_script
 from wan.errors import CheckpointError, WanInputError
 from wan.modules.vlm import VideoCaptioner, read_model_type
-from wan.tools.tiny_vlm import write_tiny_vlm
 from wan.utils.video_io import read_video, sample_frame_indices
 
 RABBIT = os.path.join(DATA, "rabbit-figurine", "source.mp4")
-
-
-@pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory):
-    folders = {}
-
-    def get(arch):
-        if arch not in folders:
-            folders[arch] = write_tiny_vlm(arch, str(tmp_path_factory.mktemp(arch)), seed=1)
-        return folders[arch]
-
-    return get
 
 
 @pytest.mark.parametrize("arch", ["internvl", "qwen2_5_vl"])

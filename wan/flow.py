@@ -19,9 +19,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
-from .distributed.env import is_main_process
+from .distributed.env import main_tqdm
 from .errors import WanInputError
 from .utils.fm_solvers import FlowDPMSolverMultistepScheduler, FlowEulerScheduler, get_sampling_sigmas
 from .utils.fm_solvers_unipc import FlowUniPCMultistepScheduler
@@ -238,8 +237,8 @@ def integrate(field, x, schedule, step=scheduler_step, condition=None, desc="den
     (ti2v keeps its first frame fixed). `callback(i, x)` runs after each step (checkpoints)."""
     condition = condition or Condition()
     x = condition.apply(x.float())
-    for i in tqdm(range(start, len(schedule)), desc=desc, disable=not progress or not is_main_process(),
-                  initial=start, total=len(schedule)):
+    for i in main_tqdm(range(start, len(schedule)), desc=desc, disable=not progress, initial=start,
+                       total=len(schedule)):
         x = condition.apply(step(field, x, schedule, i).float())
         if callback is not None:
             callback(i, x)

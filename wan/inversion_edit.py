@@ -149,6 +149,18 @@ class TI2VInversionEditor:
         partial = schedule.tail(max(1, round(strength * inversion_steps)))
         return self.model.invert(job, partial, scheme, self.offload_model), float(partial.sigmas[0])
 
+    def inversion_of(self, latent, source, source_prompt, context, context_null, shift, inversion_steps,
+                     guide_scale, scheme, strength):
+        """`invert_latent` packed as an Inversion with the settings a later edit checks; `source`
+        holds the clip's video, video_sha256, fps, frame_num and size."""
+        noise, sigma = self.invert_latent(latent, context, context_null, shift, inversion_steps, guide_scale, scheme,
+                                          strength)
+        settings = dict(source, shift=shift, inversion_steps=inversion_steps, scheme=scheme, strength=strength,
+                        sigma=sigma, guide_scale_inversion=guide_scale, source_prompt=source_prompt,
+                        model=self.model_id)
+        # Causal VAE: the first latent frame of the clip equals encoding frame 0 alone.
+        return Inversion(noise, latent[:, :1].clone(), settings)
+
     @torch.no_grad()
     def generate_latent(self, noise, sigma, first_frame, context, context_null, shift=5.0, generation_steps=50,
                         guide_scale=5.0, sample_solver="euler"):
@@ -166,15 +178,10 @@ class TI2VInversionEditor:
         clip = clip or self.load_source(source_video, frame_num, max_area)
         latent = self.encode(clip.frames)
         context, context_null = self.encode_text(source_prompt, n_prompt, guide_scale_inversion)
-        noise, sigma = self.invert_latent(latent, context, context_null, shift, inversion_steps,
-                                          guide_scale_inversion, scheme, strength)
-        settings = dict(video=clip.path, video_sha256=clip.sha256, fps=clip.fps, frame_num=clip.frames.shape[0],
-                        size=[clip.frames.shape[2], clip.frames.shape[1]], shift=shift,
-                        inversion_steps=inversion_steps, scheme=scheme, strength=strength, sigma=sigma,
-                        guide_scale_inversion=guide_scale_inversion, source_prompt=source_prompt,
-                        model=self.model_id)
-        # Causal VAE: the first latent frame of the clip equals encoding frame 0 alone.
-        return Inversion(noise, latent[:, :1].clone(), settings)
+        source = dict(video=clip.path, video_sha256=clip.sha256, fps=clip.fps, frame_num=clip.frames.shape[0],
+                      size=[clip.frames.shape[2], clip.frames.shape[1]])
+        return self.inversion_of(latent, source, source_prompt, context, context_null, shift, inversion_steps,
+                                 guide_scale_inversion, scheme, strength)
 
     @torch.no_grad()
     def generate_from_inversion(self, inversion, target_prompt, target_image=None, generation_steps=50,
@@ -254,15 +261,11 @@ class StagedEdit:
                                          model=e.model_id))
             log.info("reusing inversion %s", load_inversion)
         else:
-            noise, sigma = e.invert_latent(t["source_latent"], [t["source_context"]],
-                                           [null] if s["guide_scale_inv"] != 1.0 else None, s["shift"],
-                                           s["inversion_steps"], s["guide_scale_inv"], s["inversion_scheme"],
-                                           s["inversion_strength"])
-            inversion = Inversion(noise, t["source_latent"][:, :1].clone(), dict(
-                video=s["video"], video_sha256=s["video_sha256"], fps=s["fps"], frame_num=s["frame_num"],
-                size=s["size"], shift=s["shift"], inversion_steps=s["inversion_steps"],
-                scheme=s["inversion_scheme"], strength=s["inversion_strength"], sigma=sigma,
-                guide_scale_inversion=s["guide_scale_inv"], source_prompt=s["source_prompt"], model=e.model_id))
+            source = {key: s[key] for key in ("video", "video_sha256", "fps", "frame_num", "size")}
+            inversion = e.inversion_of(t["source_latent"], source, s["source_prompt"], [t["source_context"]],
+                                       [null] if s["guide_scale_inv"] != 1.0 else None, s["shift"],
+                                       s["inversion_steps"], s["guide_scale_inv"], s["inversion_scheme"],
+                                       s["inversion_strength"])
             if save_inversion:
                 inversion.save(save_inversion)
                 log.info("saved inversion to %s", save_inversion)

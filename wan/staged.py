@@ -28,6 +28,8 @@ FORMAT = "wan-stage/1"
 ENCODED = "encoded.safetensors"
 LATENT = "latent.safetensors"
 CHECKPOINT = "denoise_checkpoint.safetensors"
+# The networks each stage loads (the `load` argument of the tasks); "all" runs the three in one process.
+STAGE_MODELS = {"all": ("t5", "vae", "dit"), "encode": ("t5", "vae"), "denoise": ("dit",), "decode": ("vae",)}
 
 
 class StopRequested(Exception):
@@ -153,7 +155,7 @@ def denoise(task, job, stage_dir, fingerprint, save_every=0, stop_after=None, of
         if done < len(schedule) and ((save_every and done % save_every == 0) or stopping):
             solver_tensors, solver_values = schedule.scheduler.solver_state()
             write_stage_file(checkpoint, {"latent": x, **solver_tensors},
-                   {"settings": s, "fingerprint": fingerprint, "solver": solver_values})
+                             {"settings": s, "fingerprint": fingerprint, "solver": solver_values})
         if stopping:
             raise StopRequested(done)
 
