@@ -49,8 +49,9 @@ def tiny_vlm(tmp_path_factory):
     return built_once(tmp_path_factory, lambda arch, folder: write_tiny_vlm(arch, folder, seed=1))
 
 
-def run_script(*args, timeout=300):
-    """Run a repo script in a fresh interpreter, as a user would; returns CompletedProcess."""
-    env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+def run_script(*args, timeout=300, env=None):
+    """Run a repo script in a fresh interpreter, as a user would (`env`: extra variables); returns
+    CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)

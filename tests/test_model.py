@@ -195,6 +195,32 @@ def test_default_compile_runs_inductor_with_the_block_options():
     torch._dynamo.reset()
 
 
+COMPILED_FORWARD = """
+import torch
+from wan.modules.model import WanModel
+torch.manual_seed(0)
+model = WanModel(model_type="ti2v", in_dim=8, out_dim=8, dim=512, ffn_dim=1024, num_heads=4, num_layers=2,
+                 text_dim=64).cuda().to(torch.bfloat16).eval().requires_grad_(False).compile_blocks()
+with torch.no_grad():
+    out = model([torch.randn(8, 3, 16, 16, device="cuda")], t=torch.tensor([500.0], device="cuda"),
+                context=[torch.randn(7, 64, device="cuda")], seq_len=192)[0]
+print(out.float().sum().item())
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_blocks_load_back_from_the_inductor_cache(tmp_path):
+    """A second process reuses the first one's compiled graphs from inductor's on-disk cache, as
+    a user's second run does. (With triton.multi_kernel among the options this crashed.)"""
+    from conftest import run_script
+
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    first, second = (run_script("-c", COMPILED_FORWARD, env=env) for _ in range(2))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert first.stdout == second.stdout
+
+
 def _random_ffn(dtype, device):
     torch.manual_seed(8)
     ffn = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(256, 64))

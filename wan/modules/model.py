@@ -28,12 +28,13 @@ from .convert import diffusers_config_to_official, diffusers_to_official_keys
 __all__ = ["WanModel", "sinusoidal_embedding_1d"]
 
 ROPE_MAX_POSITIONS = 1024
-# Inductor settings for the compiled blocks, measured on an H200 (docs/PERFORMANCE.md): multi_kernel
-# compiles each reduction both as a one-pass (persistent) and a looped kernel and keeps the faster,
-# which halves the fp32 layer norms over 3072-5120 channels (285 -> 140 us at 27k tokens); the
-# coordinate-descent search then tunes the generated kernels' block sizes. Together 0.808 -> 0.797 s
-# for the TI2V 121f forward, for ~40 s more first compile. Both concern GPU (Triton) code only.
-BLOCK_INDUCTOR_OPTIONS = {"triton.multi_kernel": 1, "coordinate_descent_tuning": True}
+# Inductor settings for the compiled blocks, measured on an H200 (docs/PERFORMANCE.md): the
+# coordinate-descent search tunes the generated kernels' block sizes (0.808 -> 0.801 s for the TI2V
+# 121f forward, for ~15 s more first compile; GPU (Triton) code only). Not `triton.multi_kernel`,
+# although it saved another ~4 ms: with torch 2.11-2.13 a graph holding multi-kernels crashes when
+# it is loaded back from inductor's on-disk cache (the cached Triton functions lose their hash
+# lock), i.e. on the second run of any script on the same machine.
+BLOCK_INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
 _CONFIG_FIELDS = ("model_type", "text_len", "in_dim", "dim", "ffn_dim", "freq_dim", "out_dim", "num_heads",
                   "num_layers", "eps")
 
