@@ -182,8 +182,8 @@ def check_stage_args(args):
 
 
 def run_stages(args, image=None):
-    """Encode, denoise and decode, all in this process or the one --stage names; returns the
-    video for the decode step, else None."""
+    """Encode and denoise, all in this process or the one --stage names; returns (task, latent)
+    when the video is to be decoded and written here, else None."""
     fingerprint = staged.checkpoint_fingerprint(args.ckpt_dir, WAN_CONFIGS[args.task])
     encoded, latent_file = (os.path.join(args.stage_dir or "", name) for name in (staged.ENCODED, staged.LATENT))
     task = build_task(args)
@@ -210,7 +210,7 @@ def run_stages(args, image=None):
     else:
         latent, settings = staged.load_latent(latent_file, fingerprint)
         staged.check_requested(settings, args.requested, latent_file)
-    return task.decode(latent)
+    return task, latent
 
 
 def main(argv=None):
@@ -231,13 +231,17 @@ def main(argv=None):
         args.size = args.size or DEFAULT_SIZE.get(args.task, "1280*720")
         args.fps = args.fps or WAN_CONFIGS[args.task].sample_fps
     args.device = args.device or env.device
-    video = run_stages(args, image)
-    if video is None or not distributed.is_main_process():  # one writer under torchrun
+    decoding = run_stages(args, image)
+    if decoding is None or not distributed.is_main_process():  # one decoder and writer under torchrun
         return None
+    task, latent = decoding
     save_file = args.save_file or default_save_file(args)
-    save_video(video[None], save_file=save_file, fps=args.fps, nrow=1, normalize=True, value_range=(-1, 1))
-    log.info("saved %s (%d frames, %dx%d, %d fps)", save_file, video.shape[1], video.shape[3], video.shape[2],
-             args.fps)
+    log.info("decoding and writing %s", save_file)
+    # Each chunk is encoded to mp4 while the VAE decodes the next one.
+    save_video((chunk[None] for chunk in task.decode_chunks(latent)), save_file=save_file, fps=args.fps, nrow=1,
+               normalize=True, value_range=(-1, 1))
+    frames, fps, width, height = probe_video(save_file)
+    log.info("saved %s (%d frames, %dx%d, %s fps)", save_file, frames, width, height, fps)
     return save_file
 
 

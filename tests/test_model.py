@@ -215,10 +215,11 @@ def test_compiled_blocks_load_back_from_the_inductor_cache(tmp_path):
     from conftest import run_script
 
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    first, second = (run_script("-c", COMPILED_FORWARD, env=env) for _ in range(2))
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert first.stdout == second.stdout
+    runs = [run_script("-c", COMPILED_FORWARD, env=env) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    first, second = (float(run.stdout.split()[-1]) for run in runs)
+    assert abs(first - second) <= 1e-3 * abs(first), (first, second)
 
 
 def _random_ffn(dtype, device):

@@ -228,6 +228,22 @@ def test_encode_and_decode_are_causal_in_time(version, tiny_paths):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+def test_decode_chunks_concatenate_to_the_decode(version, tiny_paths):
+    """The streamed decode (for writing while decoding) yields 1 frame, then 4 per latent frame,
+    and together they are the whole decode, bit for bit; a bad latent is refused before any work."""
+    vae = load(version, tiny_paths[version])
+    s = VERSIONS[version]["stride"]
+    with torch.no_grad():
+        latent = vae.encode([random_video(9, s, 2 * s)])[0]
+        chunks = list(vae.decode_chunks(latent))
+        whole = vae.decode([latent])[0]
+    assert [c.shape[1] for c in chunks] == [1, 4, 4]
+    assert torch.equal(torch.cat(chunks, dim=1), whole)
+    with pytest.raises(WanInputError, match="latent 0"):
+        next(vae.decode_chunks(torch.zeros(7, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_bfloat16_model_tracks_float32(version, tiny_paths):
     s = VERSIONS[version]["stride"]
     video = random_video(5, 2 * s, 2 * s)

@@ -22,7 +22,7 @@ from wan.errors import WanInputError
 from wan.utils import video_io
 from wan.utils.video_io import (frames_4n1, from_model_range, image_to_frames, load_image, probe_video,
                                 read_video, resize_center_crop, sample_frame_indices, to_model_range,
-                                write_video)
+                                write_video, write_video_streamed)
 
 DATA = Path(__file__).parent / "data"
 CASES = ["kitten-turning-head", "ballet", "rabbit-figurine"]
@@ -261,6 +261,30 @@ def test_write_failure_mid_stream_leaves_no_file(tmp_path):
     with pytest.raises(ValueError):
         write_video(frames, target, fps=8)
     assert target.read_bytes() == before and os.listdir(tmp_path) == ["clip.mp4"]
+
+
+def test_streamed_write_equals_the_plain_write(tmp_path):
+    frames = np.stack([pattern(48, 64, i) for i in range(7)])
+    batches = (frames[i:i + 3] for i in range(0, 7, 3))  # 3 + 3 + 1 frames, as produced
+    streamed, _ = read_video(write_video_streamed(batches, tmp_path / "streamed.mp4", fps=12, crf=0))
+    plain, _ = read_video(write_video(frames, tmp_path / "plain.mp4", fps=12, crf=0))
+    assert streamed.shape == (7, 48, 64, 3)
+    assert (streamed.float() - plain.float()).abs().mean() < 0.5
+
+
+def test_streamed_write_failure_on_either_side_leaves_no_file(tmp_path):
+    good = np.stack([pattern(32, 32)] * 2)
+
+    def producer_fails():
+        yield good
+        raise RuntimeError("decoder broke")
+
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        write_video_streamed(producer_fails(), tmp_path / "a.mp4", fps=8)
+    misshaped = [good, np.zeros((2, 16, 16, 3), np.uint8), good]  # the writer fails at frame 2
+    with pytest.raises(ValueError, match="frame 2"):
+        write_video_streamed(iter(misshaped), tmp_path / "b.mp4", fps=8)
+    assert os.listdir(tmp_path) == []
 
 
 def test_write_video_rejects_wrong_input(tmp_path):

@@ -17,7 +17,7 @@ from functools import partial
 import torch
 
 from . import distributed, flow
-from .distributed import is_sharded
+from .distributed import is_sharded, main_tqdm
 from .errors import CheckpointError, WanInputError
 from .modules.attention import set_attention_backend
 from .modules.model import WanModel
@@ -279,3 +279,10 @@ class WanTaskBase:
     @torch.no_grad()
     def decode(self, latent):
         return self.vae.decode([latent.to(self.device)])[0]
+
+    @torch.no_grad()
+    def decode_chunks(self, latent):
+        """decode(latent) piece by piece along frames, as the causal VAE makes them: for writing the
+        video while it is still being decoded (wan.utils.utils.save_video takes the pieces)."""
+        chunks = self.vae.decode_chunks(latent.to(self.device))
+        yield from main_tqdm(chunks, total=latent.shape[1], desc="decode", unit="latent frame")

@@ -326,12 +326,17 @@ class CausalVideoVAE(nn.Module):
 
     def decode(self, z, scale):
         """Normalised latent [B, z, T, h, w] -> video [B, C, 1 + 4(T-1), H, W] (not clamped)."""
+        return torch.cat(list(self.decode_chunks(z, scale)), dim=2)
+
+    def decode_chunks(self, z, scale):
+        """The same video, yielded as the causal decoder makes it: one chunk [B, C, f, H, W] per
+        latent frame (f = 1 for the first, then the temporal stride)."""
         mean, inv_std = (_channel_view(s, z) for s in scale)
         x = (z.float() / inv_std + mean).to(self.conv2.weight.dtype).contiguous(memory_format=self.decode_layout)
         x = self.conv2(x)
         cache = StreamCache()
-        out = torch.cat([self.decoder(x[:, :, i:i + 1], cache) for i in range(x.shape[2])], dim=2)
-        return self.from_decoder_output(out)
+        for i in range(x.shape[2]):
+            yield self.from_decoder_output(self.decoder(x[:, :, i:i + 1], cache))
 
 
 def _channel_view(value, like):
@@ -401,14 +406,24 @@ class VideoVAEWrapper:
         """list of normalised latents [z, T, h, w] -> list of fp32 videos [3, 4(T-1)+1, H, W] in [-1, 1]."""
         self._check_list(zs, "decode", "latents")
         for index, z in enumerate(zs):
-            if not torch.is_tensor(z) or z.dim() != 4 or z.shape[0] != self.z_dim:
-                raise WanInputError(
-                    f"{self.name} decode: latent {index} must be a [{self.z_dim}, T, h, w] tensor, got {_describe(z)}"
-                )
+            self._check_latent(index, z)
         return [
             self.model.decode(z.to(self.device, self.dtype).unsqueeze(0), self.scale).float().clamp_(-1, 1).squeeze(0)
             for z in zs
         ]
+
+    def decode_chunks(self, z):
+        """One normalised latent [z, T, h, w] -> its video as it is decoded: fp32 chunks [3, f, H, W]
+        in [-1, 1] that concatenate along frames to decode([z])[0] (to write while decoding)."""
+        self._check_latent(0, z)
+        for chunk in self.model.decode_chunks(z.to(self.device, self.dtype).unsqueeze(0), self.scale):
+            yield chunk.float().clamp_(-1, 1).squeeze(0)
+
+    def _check_latent(self, index, z):
+        if not torch.is_tensor(z) or z.dim() != 4 or z.shape[0] != self.z_dim:
+            raise WanInputError(
+                f"{self.name} decode: latent {index} must be a [{self.z_dim}, T, h, w] tensor, got {_describe(z)}"
+            )
 
     def _check_list(self, items, method, what):
         if not isinstance(items, (list, tuple)):

@@ -2,7 +2,7 @@
 
 Call conventions follow Wan2.2's `wan/utils/utils.py` (see WAN_REFERENCE.md section 8), so scripts
 written against the official codebase keep working. Differences, all deliberate: save_video needs no
-torchvision, writes atomically through `wan.utils.video_io.write_video` and raises on failure
+torchvision, writes atomically through `wan.utils.video_io.write_video_streamed` and raises on failure
 instead of logging and returning.
 """
 import argparse
@@ -13,7 +13,7 @@ import uuid
 
 import torch
 
-from .video_io import write_video
+from .video_io import write_video_streamed
 
 # imageio's quality=8 (what the reference passes) becomes libx264 crf int((1 - 8/10) * 51) = 10.
 REFERENCE_CRF = 10
@@ -107,15 +107,22 @@ def save_video(tensor, save_file=None, fps=30, suffix=".mp4", nrow=8, normalize=
                crf=REFERENCE_CRF):
     """Write a [B, C, T, H, W] video tensor (values in `value_range`) as an H.264 mp4; return the path.
 
-    With B > 1 each frame is a grid of the batch, `nrow` per row. Without `save_file` a fresh name in
-    the temp folder is used. The file appears only when complete; errors are raised, not logged.
+    `tensor` may also be an iterable of such tensors, consecutive pieces of one video along T (a
+    chunked VAE decode, say): each piece is encoded while the next one is produced. With B > 1 each
+    frame is a grid of the batch, `nrow` per row. Without `save_file` a fresh name in the temp
+    folder is used. The file appears only when complete; errors are raised, not logged.
     """
-    if tensor.dim() != 5:
-        raise ValueError(f"save_video expects [B, C, T, H, W], got shape {tuple(tensor.shape)}")
     if save_file is None:
         save_file = os.path.join(tempfile.gettempdir(), f"wan_{uuid.uuid4().hex[:12]}{suffix}")
-    frames = _video_to_uint8_frames(tensor, nrow, normalize, value_range)
-    write_video(frames, save_file, fps=fps, crf=crf)
+    pieces = [tensor] if torch.is_tensor(tensor) else tensor
+
+    def frame_batches():
+        for piece in pieces:
+            if piece.dim() != 5:
+                raise ValueError(f"save_video expects [B, C, T, H, W], got shape {tuple(piece.shape)}")
+            yield _video_to_uint8_frames(piece, nrow, normalize, value_range)
+
+    write_video_streamed(frame_batches(), save_file, fps=fps, crf=crf)
     return save_file
 
 

@@ -12,7 +12,9 @@ Conventions:
 - Images load as PIL RGB: transparency is composited onto white, 16-bit greyscale is scaled to
   8 bits, CMYK/palette/greyscale are converted, and the EXIF orientation is applied.
 """
+import queue
 import re
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -249,6 +251,38 @@ def write_video(frames, path, fps, crf=DEFAULT_CRF):
                 raise ValueError(f"no frames to write to {path}")
             container.mux(stream.encode(None))
     return str(path)
+
+
+_END, _ABORT = object(), object()
+
+
+def _frames_until_end(frames):
+    while (frame := frames.get()) is not _END:
+        if frame is _ABORT:
+            raise RuntimeError("the frames' producer failed")
+        yield frame
+
+
+def write_video_streamed(batches, path, fps, crf=DEFAULT_CRF):
+    """write_video over frame batches ([f, H, W, 3] uint8 each) that are still being produced.
+
+    The encoder runs in a worker thread (PyAV releases the GIL while x264 works), so producing the
+    next batch, e.g. decoding it on the GPU, overlaps encoding the ones before. The file appears
+    only when complete: an error on either side leaves none and is raised here."""
+    frames = queue.SimpleQueue()  # unbounded: at worst it holds the whole video, as write_video would
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        writing = pool.submit(write_video, _frames_until_end(frames), path, fps, crf)
+        end = _ABORT
+        try:
+            for batch in batches:
+                if writing.done():  # the writer failed: stop producing, its error is raised below
+                    break
+                for frame in batch:
+                    frames.put(frame)
+            end = _END
+        finally:
+            frames.put(end)
+    return writing.result()
 
 
 # --------------------------------------------------------------------------------------------
