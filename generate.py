@@ -143,7 +143,6 @@ def default_save_file(args):
     return f"{args.task}_{args.size.replace('*', 'x')}_{args.ulysses_size}_{prompt}_{stamp}.mp4"
 
 
-
 def build_task(args):
     task_class = getattr(wan, TASK_CLASSES[args.task])
     v2v = dict(vlm_path=args.vlm_path, vlm_device=args.vlm_device) if args.task in V2V_TASKS else {}

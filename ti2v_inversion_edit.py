@@ -173,7 +173,6 @@ def write_outputs(staged_edit, args, edit, settings, latent):
     log.info("wrote %s (%d frames, %dx%d, %.3g fps)", output, edited.shape[1], edited.shape[3], edited.shape[2], fps)
 
 
-
 def main(argv=None):
     env = distributed.init_distributed()  # a no-op without torchrun
     setup_logging(env.rank)
@@ -198,8 +197,7 @@ def main(argv=None):
                                  compile_model=args.compile, vae_dtype=vae_dtype(args.vae_dtype),
                                  load=staged.STAGE_MODELS[args.stage], t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp,
                                  use_sp=args.ulysses_size > 1, cfg_parallel=args.cfg_parallel,
-                                 step_cache=args.step_cache, fp8=args.fp8,
-                                 attention=args.attention)
+                                 step_cache=args.step_cache, fp8=args.fp8, attention=args.attention)
     for edit in distributed.main_tqdm(pending, desc="edits", disable=len(pending) < 2):
         run_edit(StagedEdit(editor), args, edit, editor.model_id)
     return [e["output"] for e in pending]
