@@ -101,6 +101,39 @@ def test_batch_and_padding_do_not_change_outputs():
         assert torch.allclose(padded[i], single, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("model_type, in_dim, out_dim, per_token", [("t2v", 16, 16, False), ("i2v", 36, 16, False),
+                                                                     ("ti2v", 48, 48, True)])
+@torch.no_grad()
+def test_one_latent_for_several_contexts_equals_it_repeated(model_type, in_dim, out_dim, per_token):
+    model = tiny(model_type, in_dim, out_dim)
+    gen = torch.Generator().manual_seed(4)
+    latent_dim = 16 if model_type == "i2v" else in_dim
+    x = torch.randn(latent_dim, 2, 4, 4, generator=gen)
+    y = [torch.randn(in_dim - latent_dim, 2, 4, 4, generator=gen)] if model_type == "i2v" else None
+    ctx = [torch.randn(5, 24, generator=gen), torch.randn(9, 24, generator=gen)]
+    t = torch.cat([torch.zeros(1, 4), torch.full((1, 9), 700.0)], 1) if per_token else torch.tensor([700.0])
+    batch = []
+    model.blocks[0].self_attn.register_forward_hook(lambda module, args, out: batch.append(args[0].shape[0]))
+    for seq_len in (8, 13):  # 13: padded keys too
+        shared = model([x], t=t[:, :seq_len] if per_token else t, context=ctx, seq_len=seq_len, y=y)
+        assert batch.pop() == 1  # block 0's self-attention ran once for both contexts
+        repeated = model([x, x], t=(t[:, :seq_len] if per_token else t).repeat(2, 1).squeeze(-1), context=ctx,
+                         seq_len=seq_len, y=None if y is None else y * 2)
+        assert batch.pop() == 2
+        assert len(shared) == 2 and not torch.allclose(shared[0], shared[1])
+        for a, b in zip(shared, repeated):
+            assert relative_error(a, b) < 1e-6
+
+
+def test_latent_and_context_counts_must_agree():
+    model = tiny("t2v")
+    x = torch.randn(16, 2, 4, 4)
+    with pytest.raises(ValueError, match="2 latents for 3 contexts"):
+        model([x, x], t=torch.tensor([1.0, 1.0]), context=[torch.randn(4, 24)] * 3, seq_len=8)
+    with pytest.raises(ValueError, match="t has 2 rows for 1 latents"):
+        model([x], t=torch.tensor([1.0, 2.0]), context=[torch.randn(4, 24)] * 2, seq_len=8)
+
+
 @torch.no_grad()
 def test_per_token_timesteps_equal_scalar_when_uniform():
     model = tiny("ti2v", 48, 48)

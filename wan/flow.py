@@ -121,11 +121,9 @@ class GuidedVelocity:
             context = self.context if self.cfg_parallel.runs_cond else self.context_null
             mine = model([x], t=t_model, context=context, seq_len=self.seq_len, y=y)[0]
             cond, uncond = self.cfg_parallel.exchange(mine)
-        elif self.batch_cfg:
-            both = model([x, x], t=t_model.repeat(2, *([1] * (t_model.dim() - 1))),
-                         context=self.context + self.context_null, seq_len=self.seq_len,
-                         y=None if y is None else y * 2)
-            cond, uncond = both
+        elif self.batch_cfg:  # one latent under both prompts: the model shares their common work
+            cond, uncond = model([x], t=t_model, context=self.context + self.context_null, seq_len=self.seq_len,
+                                 y=y)
         else:
             cond = model([x], t=t_model, context=self.context, seq_len=self.seq_len, y=y)[0]
             uncond = model([x], t=t_model, context=self.context_null, seq_len=self.seq_len, y=y)[0]

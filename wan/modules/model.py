@@ -171,8 +171,12 @@ class WanAttentionBlock(nn.Module):
         self.ffn_chunk = None  # tokens per feed-forward chunk; None runs all tokens at once
 
     def forward(self, x, e0, seq_lens, rope, context):
-        """x: fp32 residual stream [B, L, dim], updated in place; e0: TimestepTable over [U, 6, dim]."""
+        """x: fp32 residual stream [B, L, dim], updated in place; e0: TimestepTable over [U, 6, dim].
+        x may hold one sample for several contexts (WanModel.forward's shared latent): it is
+        repeated for them after self-attention, the first layer where the samples differ."""
         x = self.self_attention_sublayer(x, e0, seq_lens, rope)
+        if x.shape[0] < context.shape[0]:
+            x = x.repeat(context.shape[0], 1, 1)
         x = self.cross_attention_sublayer(x, context)
         return self.ffn_sublayer(x, e0)
 
@@ -353,9 +357,16 @@ class WanModel(nn.Module):
         """x: list of [C_in, F, H, W] latents; t: [B] or per-token [B, seq_len] timesteps;
         context: list of [L_i, text_dim] text embeddings; seq_len: padded token count;
         y: optional list of conditioning latents concatenated to x on channels (i2v).
-        Returns a list of fp32 velocities [C_out, F, H, W]."""
+        Returns a list of fp32 velocities [C_out, F, H, W], one per context.
+
+        One latent (with its t and y) may go with several contexts, as in classifier-free
+        guidance: everything before the first cross-attention, block 0's self-attention included,
+        then runs once for all of them instead of once per context."""
         if self.model_type == "i2v" and y is None:
             raise ValueError("an i2v WanModel needs the conditioning latents y")
+        if len(x) not in (1, len(context)):
+            raise ValueError(f"got {len(x)} latents for {len(context)} contexts: pass one latent per context, "
+                             "or one latent for all of them")
         if y is not None:
             x = [torch.cat([u, v], dim=0) for u, v in zip(x, y)]
         tokens, grids = self._embed_patches(x)
@@ -381,7 +392,7 @@ class WanModel(nn.Module):
         out = self.head(hidden, e)
         if sp is not None:
             out = sp.gather(out)
-        return self._unpatchify(out, grids)
+        return self._unpatchify(out, grids * (len(out) // len(grids)))
 
     def _run_blocks(self, hidden, e0, seq_lens, rope, context, t, context_key):
         cache = self.step_cache
@@ -438,6 +449,8 @@ class WanModel(nn.Module):
             t = t.expand(batch)
         if t.dim() == 1:
             t = t[:, None]
+        if t.shape[0] != batch:
+            raise ValueError(f"t has {t.shape[0]} rows for {batch} latents; expected one per latent")
         if t.shape[1] not in (1, seq_len):
             raise ValueError(f"per-token timesteps must have seq_len={seq_len} columns, got {tuple(t.shape)}")
         values, index = torch.unique(t, return_inverse=True)
