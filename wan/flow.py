@@ -112,7 +112,7 @@ class GuidedVelocity:
             self.prepare(model)
         device = next(model.parameters()).device
         x = self.condition.apply(x).to(device)
-        t_model = self.condition.timesteps(t, self.seq_len).to(device)
+        t_model = self.condition.timesteps(t, self.seq_len)  # on the CPU: the model reads it without a GPU sync
         y = None if self.condition.y is None else [self.condition.y.to(device)]
         if scale == 1.0 or self.context_null is None:
             # Under CFG parallelism both ranks run this same pass, keeping sharded weights in step.
