@@ -130,6 +130,22 @@ class WanLayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
 
 
+# torch >= 2.8; older versions compile the function inline, with the memory cost described below.
+_own_compile_region = getattr(torch.compiler, "nested_compile_region", lambda fn: fn)
+
+
+@_own_compile_region
+def _rotated_heads(linear, norm, x, cos, sin, num_heads):
+    """Self-attention's q or k: projected, RMS-normed, split into heads and rotated, in x's dtype.
+
+    Compiled as a region of its own, so that q is rotated before k is projected. Inlined, inductor
+    fuses the two rotations into one kernel (they read the same RoPE tables), and q and k then
+    exist both before and after rotation at the same time: one more [L, dim] tensor at the
+    block's memory peak, 0.8 GB for A14B at 720p (docs/PERFORMANCE.md, seventh session)."""
+    heads = norm(linear(x)).unflatten(-1, (num_heads, -1))
+    return RotaryTable(cos, sin).rotate(heads).to(x.dtype)
+
+
 class WanSelfAttention(nn.Module):
     def __init__(self, dim, num_heads, window_size=(-1, -1), qk_norm=True, eps=1e-6):
         super().__init__()
@@ -148,13 +164,11 @@ class WanSelfAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
     def forward(self, x, seq_lens, rope):
-        dtype = x.dtype
-        q = self._heads(self.norm_q(self.q(x)))
-        k = self._heads(self.norm_k(self.k(x)))
+        q = _rotated_heads(self.q, self.norm_q, x, rope.cos, rope.sin, self.num_heads)
+        k = _rotated_heads(self.k, self.norm_k, x, rope.cos, rope.sin, self.num_heads)
         v = self._heads(self.v(x))
-        q, k = rope.rotate(q).to(dtype), rope.rotate(k).to(dtype)
         attend = attention if self.sequence_parallel is None else self.sequence_parallel.attention
-        out = attend(q, k, v.to(dtype), k_lens=seq_lens)
+        out = attend(q, k, v, k_lens=seq_lens)
         return self.o(out.flatten(2))
 
 
