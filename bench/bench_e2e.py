@@ -1,10 +1,13 @@
 """End-to-end TI2V-5B text-to-video benchmark: 121 frames 1280x704, 50 UniPC steps with CFG (cond and
-uncond batched), text encoder, DiT, VAE decode and mp4 writing (overlapped, as generate.py does
-it), on one GPU with full-size random networks (see full_size.py). Decode and writing are also
-timed one after the other, outside the total. Also the peak GPU memory with --offload_model, the
-consumer setting.
+uncond batched), on one GPU with full-size random networks (see full_size.py). Also the peak GPU
+memory with --offload_model, the consumer setting.
 
     python bench/bench_e2e.py [--steps 50] [--no-compile] [--fp8] [--attention flash-fp8] [--skip_offload]
+
+Two totals. "total" is what the performance target counts: text encoder, DiT and VAE decode (the
+issue's official-equivalent 133 s is 100 official forwards, the fp32 decode and T5, no file
+written). "total with mp4" replaces the decode with what generate.py does after denoising: decode
+and write the mp4 at once, each decoded chunk encoded while the VAE decodes the next.
 
 --fp8 and --attention flash-fp8 are the opt-in inexact options of the generation scripts; their
 deviation from the exact output is measured by bench_inexact.py.
@@ -36,9 +39,8 @@ def _seconds_since(start):
     return time.perf_counter() - start
 
 
-def run(task, steps, offload, out_path, separately=False):
-    """One generation; returns seconds per stage. With `separately`, decode and mp4 writing are also
-    timed one after the other (in parentheses, outside the total)."""
+def run(task, steps, offload, out_path):
+    """One generation; returns seconds per stage and the peak GPU memory of denoise + decode."""
     times = {}
 
     def mark(name, start):
@@ -53,17 +55,13 @@ def run(task, steps, offload, out_path, separately=False):
     latent = task.denoise(job, offload_model=offload)
     mark("denoise", start)
     start = time.perf_counter()
-    # As generate.py does it: each decoded chunk is encoded while the VAE decodes the next.
+    task.decode(latent)  # timed, not kept: the overlapped decode below writes the file
+    mark("decode", start)
+    start = time.perf_counter()
     save_video((chunk[None] for chunk in task.decode_chunks(latent)), out_path, fps=24, nrow=1)
     mark("decode+mp4", start)
-    if separately:  # the two overlapped parts one after the other, for comparison
-        start = time.perf_counter()
-        video = task.decode(latent)
-        times["(decode alone)"] = _seconds_since(start)
-        start = time.perf_counter()
-        save_video(video[None], out_path, fps=24, nrow=1)
-        times["(mp4 alone)"] = _seconds_since(start)
-    times["total"] = sum(v for k, v in times.items() if not k.startswith("("))
+    times["total"] = times["text+noise"] + times["denoise"] + times["decode"]
+    times["total with mp4"] = times["text+noise"] + times["denoise"] + times["decode+mp4"]
     times["peak GB"] = torch.cuda.max_memory_allocated() / 1e9
     return times
 
@@ -86,9 +84,9 @@ def main():
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | compile={args.compile} | VAE bf16 "
           f"| fp8={args.fp8} | attention {attention_backend()} | 121f 1280x704, {args.steps} steps, CFG 5", flush=True)
     run(task, 2, False, os.path.join(work, "warm.mp4"))  # compile and cuDNN plans
-    rows = {"resident": run(task, args.steps, False, os.path.join(work, "a.mp4"), separately=True)}
+    rows = {"resident": run(task, args.steps, False, os.path.join(work, "a.mp4"))}
     if not args.skip_offload:
-        rows["offload (5 steps)"] = run(task, 5, True, os.path.join(work, "b.mp4"), separately=True)
+        rows["offload (5 steps)"] = run(task, 5, True, os.path.join(work, "b.mp4"))
     keys = list(rows["resident"])
     print("| run | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
