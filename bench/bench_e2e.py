@@ -34,17 +34,13 @@ from wan.utils.utils import save_video  # noqa: E402
 PROMPT = "A red fox trots through fresh snow in a quiet pine forest at sunrise."
 
 
-def _seconds_since(start):
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def run(task, steps, offload, out_path):
     """One generation; returns seconds per stage and the peak GPU memory of denoise + decode."""
     times = {}
 
     def mark(name, start):
-        times[name] = _seconds_since(start)
+        torch.cuda.synchronize()
+        times[name] = time.perf_counter() - start
 
     start = time.perf_counter()
     job = task.prepare(PROMPT, size=(1280, 704), frame_num=121, sampling_steps=steps, guide_scale=5.0, seed=1,

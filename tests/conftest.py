@@ -10,6 +10,7 @@ import torch  # noqa: E402
 # Tiny models run faster and steadier on one thread (DEPS.md, P10).
 torch.set_num_threads(1)
 
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -55,3 +56,14 @@ def run_script(*args, timeout=300, env=None):
     env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@contextlib.contextmanager
+def no_host_sync():
+    """Inside, any operation that makes the CPU wait for the GPU raises (CUDA only)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

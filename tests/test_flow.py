@@ -91,18 +91,16 @@ def test_first_frame_stays_fixed_through_sampling():
 def test_guided_sampling_on_the_gpu_never_waits_for_it():
     """A whole generation loop (CFG batched, ti2v first frame, UniPC) queues its GPU work without a
     host sync, so the GPU never idles between steps; the first run builds the cached tables."""
+    from conftest import no_host_sync
+
     model = tiny_dit("ti2v", 48, 48).cuda()
     context, context_null = ([c.cuda() for c in cs] for cs in contexts())
     condition = flow.FirstFrameCondition(torch.randn(48, 1, 4, 4, device="cuda"))
     field = flow.GuidedVelocity(model, context, context_null, 5.0, seq_len=12, condition=condition)
     noise = torch.randn(48, 3, 4, 4, device="cuda")
     first = flow.sample(field, noise, flow.make_schedule("unipc", 4, 5.0), condition, progress=False)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         again = flow.sample(field, noise, flow.make_schedule("unipc", 4, 5.0), condition, progress=False)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(again, first)
 
 
