@@ -46,12 +46,14 @@ def main():
     print("| dtype | encode s | encode peak GB | decode s | decode peak GB | vs fp32 |")
     print("|---|---|---|---|---|---|")
     reference = {}
-    variants = (("fp32", torch.float32, True), ("bf16 (NCDHW)", torch.bfloat16, False),
-                ("bf16", torch.bfloat16, True))
-    for name, dtype, channels_last in variants:
+    variants = (("fp32", torch.float32, True, False), ("bf16 (NCDHW)", torch.bfloat16, False, False),
+                ("bf16", torch.bfloat16, True, False), ("bf16, compiled decoder", torch.bfloat16, True, True))
+    for name, dtype, channels_last, compiled in variants:
         vae = full_size_vae(device, dtype)
         if channels_last:  # what the Wan2_2_VAE wrapper does on the GPU
             vae.use_channels_last()
+        if compiled:  # what --compile adds; the first (untimed) call of `timed` compiles
+            vae.compile_decoder()
         z, enc_s, enc_peak = measure(lambda: vae.encode(video.to(dtype), scale), args.repeats)
         x, dec_s, dec_peak = measure(lambda: vae.decode(latent.to(dtype), scale).clamp(-1, 1), args.repeats)
         if dtype == torch.float32:

@@ -41,6 +41,8 @@ def swap_in_full_size_ti2v(task, device, compile_model=True, vae_dtype=torch.bfl
         dit.compile_blocks()
     task.experts = (dit,)
     task.vae.model = full_size_vae(device, vae_dtype).use_channels_last()  # as the wrapper does on the GPU
+    if compile_model:  # as --compile does
+        task.vae.model.compile_decoder()
     task.vae.dtype = vae_dtype
     t5 = random_on_device(meta_umt5_encoder(umt5_config()), device, torch.bfloat16, seed=3)
     t5.set_input_embeddings(t5.shared)

@@ -139,6 +139,8 @@ class WanTaskBase:
             log.info("loading VAE %s", config.vae_checkpoint)
             self.vae = vae_class_for(config)(vae_pth=os.path.join(checkpoint_dir, config.vae_checkpoint),
                                              device=self.device, dtype=vae_dtype)
+            if compile_model:
+                self.vae.model.compile_decoder()
         if "dit" in load:
             self.experts = tuple(self._load_dit(sub, convert_model_dtype) for sub in self.dit_subfolders())
             for model in self.experts:

@@ -46,7 +46,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def add_speed_flags(parser):
     """Flags every generation script shares for speed / memory trade-offs."""
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the DiT blocks (same numerics; faster after a one-time compile)")
+                        help="torch.compile the DiT blocks and the VAE decoder (same numerics up to rounding; "
+                             "faster after a one-time compile)")
     parser.add_argument("--vae_dtype", default="fp32", choices=sorted(VAE_DTYPES),
                         help="VAE precision: fp32 (reference) or bf16 (faster, about 35+ dB PSNR to fp32)")
     parser.add_argument("--fp8", action="store_true",
