@@ -334,6 +334,26 @@ def test_fused_feed_forward_on_cuda_matches_the_modules():
     assert relative_error(fused, exact) <= 1.1 * relative_error(plain, exact) + 1e-4
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@torch.no_grad()
+def test_feed_forward_stays_fused_under_an_autocast_that_changes_no_dtype():
+    """The pipelines denoise inside bf16 autocast. With bf16 weights it changes no dtype, so the
+    fused epilogue must still run: the same bits as outside autocast (the modules round the hidden
+    activations to bf16 before the GELU, so they differ). With fp32 weights autocast's bf16
+    matmuls must run, exactly as the modules under autocast."""
+    from wan.modules.model import _feed_forward
+
+    ffn, x = _random_ffn(torch.bfloat16, "cuda")
+    outside = _feed_forward(ffn, x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        inside = _feed_forward(ffn, x)
+        assert not torch.equal(inside, ffn(x))  # so the first comparison can fail
+    assert torch.equal(inside, outside)
+    ffn, x = _random_ffn(torch.float32, "cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert torch.equal(_feed_forward(ffn, x), ffn(x))
+
+
 @torch.no_grad()
 def test_fp8_linears_deviate_a_little():
     """Opt-in and inexact: FP8 weights and activations keep the output close to the bf16-free
