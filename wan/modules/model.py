@@ -68,6 +68,12 @@ def _modulate(normed, shift, scale, dtype):
     return torch.addcmul(shift, normed, 1 + scale).to(dtype)
 
 
+def _autocast_recasts(x):
+    """Whether autocast is on for x's device and would run a matmul on x in another dtype."""
+    device = x.device.type
+    return torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != x.dtype
+
+
 def _feed_forward(ffn, x):
     """ffn: Sequential(Linear, GELU(tanh), Linear), the official layout.
 
@@ -90,12 +96,6 @@ def _feed_forward(ffn, x):
     rows = x.reshape(-1, x.shape[-1])
     hidden = torch._addmm_activation(first.bias, rows, first.weight.t(), use_gelu=True)
     return ffn[2](hidden.view(*x.shape[:-1], hidden.shape[-1]))
-
-
-def _autocast_recasts(x):
-    """Whether autocast is on for x's device and would run a matmul on x in another dtype."""
-    device = x.device.type
-    return torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != x.dtype
 
 
 def _gated_add(x, y, gate):
