@@ -24,6 +24,7 @@ from full_size import swap_in_full_size_ti2v  # noqa: E402
 
 from wan.configs import WAN_CONFIGS  # noqa: E402
 from wan.modules.attention import attention_backend  # noqa: E402
+from wan.step_cache import enable_step_cache  # noqa: E402
 from wan.textimage2video import WanTI2V  # noqa: E402
 from wan.tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 
@@ -59,16 +60,16 @@ def main():
     for variant in ["exact", *args.variants]:
         threshold, fp8, attention = settings(variant)
         if apply_variant(dit, dict(fp8=fp8, attention=attention or exact_attention)):  # already compiled
-            dit.enable_step_cache(0.0)
+            enable_step_cache(dit, 0.0)
             task.denoise(warm_up, False)  # retrace outside the timing
-        dit.enable_step_cache(threshold)
+        cache = enable_step_cache(dit, threshold)
         torch.cuda.synchronize()
         start = time.perf_counter()
         latent = task.denoise(job, False)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         video = task.decode(latent)
-        skipped = 0 if dit.step_cache is None else dit.step_cache.skipped
+        skipped = 0 if cache is None else cache.skipped
         if exact is None:
             exact, exact_video = latent, video
             print(f"| exact | {seconds:.2f} | 0 | - | - |", flush=True)

@@ -24,6 +24,7 @@ from .modules.model import WanModel
 from .modules.t5 import T5EncoderModel
 from .modules.vae2_1 import Wan2_1_VAE
 from .modules.vae2_2 import Wan2_2_VAE
+from .step_cache import enable_step_cache
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class WanTaskBase:
             for model in self.experts:
                 if fp8:
                     model.quantize_fp8()
-                model.enable_step_cache(step_cache)
+                enable_step_cache(model, step_cache)
                 if compile_model:  # opt-in: fuses the element-wise work; first steps pay the compile time
                     model.compile_blocks()
 

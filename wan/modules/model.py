@@ -220,9 +220,12 @@ class WanAttentionBlock(nn.Module):
     def _modulation(self, e0, index):
         return e0.row(self.modulation[:, index].float() + e0.table[:, index])
 
+    def modulated_input(self, x, e0, dtype):
+        """What self-attention sees: the normed residual stream, shifted and scaled by the time."""
+        return _modulate(self.norm1(x), self._modulation(e0, 0), self._modulation(e0, 1), dtype)
+
     def self_attention_sublayer(self, x, e0, seq_lens, rope):
-        dtype = self.modulation.dtype  # the compute dtype of the linear layers (bf16 or fp32)
-        normed = _modulate(self.norm1(x), self._modulation(e0, 0), self._modulation(e0, 1), dtype)
+        normed = self.modulated_input(x, e0, self.modulation.dtype)  # the linear layers' compute dtype
         return _gated_add(x, self.self_attn(normed, seq_lens, rope), self._modulation(e0, 2))
 
     def cross_attention_sublayer(self, x, context):
@@ -262,42 +265,6 @@ class Head(nn.Module):
         shift, scale = (self.modulation.float() + e.table[:, None]).unbind(1)
         normed = torch.addcmul(e.row(shift), self.norm(x), 1 + e.row(scale))
         return _fp32_linear(self.head, normed)
-
-
-class StepCache:
-    """Reuse of the blocks' residual across sampling steps, TeaCache-style (opt-in, inexact).
-
-    Each call measures how much the first block's modulated input changed since the last computed
-    step (relative L1). While the accumulated change stays under `threshold`, the blocks are
-    skipped and the last residual (blocks' output minus input) is added instead. A new trajectory
-    (t going up, other shapes or other text contexts) starts afresh. One cache per batch
-    signature, so serial cond / uncond passes keep separate residuals."""
-
-    def __init__(self, threshold):
-        self.threshold = threshold
-        self.entries = {}
-        self.current = None
-        self.computed = self.skipped = 0
-
-    def lookup(self, probe, t, context_key):
-        key = (tuple(probe.shape), context_key)
-        entry = self.entries.get(key)
-        if entry is None or t > entry["t"]:
-            entry = self.entries[key] = {"probe": probe, "t": t, "residual": None, "change": 0.0}
-        else:
-            change = ((probe - entry["probe"]).abs().mean() / entry["probe"].abs().mean().clamp_min(1e-12)).item()
-            entry["change"] += change
-            entry["probe"], entry["t"] = probe, t
-            if entry["residual"] is not None and entry["change"] < self.threshold:
-                self.skipped += 1
-                return entry["residual"]
-        entry["change"] = 0.0
-        self.current = entry
-        self.computed += 1
-        return None
-
-    def store(self, residual):
-        self.current["residual"] = residual
 
 
 class RotaryTable:
@@ -352,7 +319,6 @@ class WanModel(nn.Module):
         self.head = Head(dim, out_dim, patch_size, eps)
         self._rope_cache = {}
         self.sequence_parallel = None
-        self.step_cache = None
 
     def set_sequence_parallel(self, plan):
         """Split tokens across the ranks of `plan` (a wan.distributed.ulysses.UlyssesParallel), or
@@ -414,32 +380,24 @@ class WanModel(nn.Module):
         del tokens  # views of the bf16 patch embedding: 0.8 GB for A14B at 720p, not needed past here
 
         e, e0 = self._time_tables(t, len(x), seq_len, hidden.device, total)
-        context_key = tuple(c.data_ptr() for c in context)  # constant across steps: the cache's key
         context = self._embed_text(context)
         rope = self._rope(grids, total, hidden.device)
         if sp is not None:
             hidden, rope = sp.shard(hidden), RotaryTable(sp.shard(rope.cos), sp.shard(rope.sin))
             e, e0 = (TimestepTable(u.table, u.index if u.index.shape[1] == 1 else sp.shard(u.index)) for u in (e, e0))
         with sdpa_preferences(hidden.device):
-            hidden = self._run_blocks(hidden, e0, seq_lens, rope, context, t, context_key)
+            hidden = self.run_blocks(hidden, e0, seq_lens, rope, context, t)
         out = self.head(hidden, e)
         if sp is not None:
             out = sp.gather(out)
         return self._unpatchify(out, grids * (len(out) // len(grids)))
 
-    def _run_blocks(self, hidden, e0, seq_lens, rope, context, t, context_key):
-        cache = self.step_cache
-        if cache is not None:
-            first = self.blocks[0]
-            probe = _modulate(first.norm1(hidden), first._modulation(e0, 0), first._modulation(e0, 1), torch.float32)
-            residual = cache.lookup(probe, float(torch.as_tensor(t).max()), context_key)
-            if residual is not None:
-                return hidden + residual
-        start = hidden.clone() if cache is not None else None
+    def run_blocks(self, hidden, e0, seq_lens, rope, context, t):
+        """The transformer blocks over the embedded tokens: the seam that wrappers replace on an
+        instance (wan.step_cache). `t` is the pass's timesteps, which the blocks themselves do not
+        read (they get them through e0)."""
         for block in self.blocks:
             hidden = block(hidden, e0, seq_lens, rope, context)
-        if cache is not None:
-            cache.store(hidden - start)
         return hidden
 
     def quantize_fp8(self):
@@ -450,15 +408,6 @@ class WanModel(nn.Module):
 
         for block in self.blocks:
             quantize_linears_(block)
-        return self
-
-    def enable_step_cache(self, threshold):
-        """Opt-in, inexact: skip the transformer blocks on steps where their input barely changed
-        and add the residual the blocks produced last time instead (TeaCache-style; see
-        StepCache). threshold 0 or None turns it off."""
-        if threshold and self.sequence_parallel is not None:
-            raise ValueError("the step cache decides per rank; it cannot run with sequence parallelism")
-        self.step_cache = StepCache(threshold) if threshold else None
         return self
 
     def _embed_patches(self, x):
