@@ -18,7 +18,8 @@ import logging
 import torch
 
 from wan.errors import WanInputError
-from wan.utils.cli import ArgumentParser, parse_size, run_cli, setup_logging
+from wan.cli import ArgumentParser, run_cli, setup_logging
+from wan.settings import size
 
 
 def parse_args(argv=None):
@@ -86,7 +87,7 @@ def _add_assemble(p):
 
 
 def _area(text, flag):
-    width, height = parse_size(text, flag)
+    width, height = size(flag, text)
     if width < 1 or height < 1:
         raise WanInputError(f"{flag} must be positive, got {text!r}")
     return width * height
@@ -95,8 +96,8 @@ def _area(text, flag):
 def run_extract(args):
     from wan.qwen_edit import extract
 
-    size = parse_size(args.size) if args.size else None
-    extract(args.video, args.out_dir, stride=args.stride, size=size, max_frames=args.max_frames)
+    frame_size = size("--size", args.size) if args.size else None
+    extract(args.video, args.out_dir, stride=args.stride, size=frame_size, max_frames=args.max_frames)
 
 
 def run_edit(args):
@@ -109,7 +110,7 @@ def run_edit(args):
                                 last_steps=args.ttlg_last_steps, every=args.ttlg_every)
     job = EditJob(init_frame=args.init_frame, edge_frames_dir=args.edge_frames_dir,
                   out_frames_dir=args.out_frames_dir, prompt=args.prompt, metrics_out=args.metrics_out,
-                  size=parse_size(args.size) if args.size else None, seed=args.seed,
+                  size=size("--size", args.size) if args.size else None, seed=args.seed,
                   num_inference_steps=args.num_inference_steps, true_cfg_scale=args.true_cfg_scale,
                   negative_prompt=args.negative_prompt, max_frames=args.max_frames)
     check_job(job)  # before the (large) model loads

@@ -83,7 +83,7 @@ def _check_ulysses(env):
     model.set_sequence_parallel(None)  # back to one process: the same results again
     assert_all_close(model(**cases[0]), expected[0])
 
-    with pytest.raises(WanInputError, match="--ulysses_size 2 must divide the DiT's 3 attention heads"):
+    with pytest.raises(WanInputError, match="ulysses_size 2 must divide the DiT's 3 attention heads"):
         enable_sequence_parallel(tiny_dit(num_heads=3, dim=24), None)
 
 
@@ -166,9 +166,12 @@ def test_cfg_parallel_equals_serial():
 def _check_task(env, ckpt_dir):
     from PIL import Image
 
-    from wan import WanTI2V
+    from wan import tasks
     from wan.configs import WAN_CONFIGS
     from wan.distributed import is_sharded, shared_seed
+    from wan.models import Models
+    from wan.runner import Runner
+    from wan.settings import Generation, LoadOptions
 
     seeds = [None, None]
     dist.all_gather_object(seeds, shared_seed(-1))
@@ -176,14 +179,16 @@ def _check_task(env, ckpt_dir):
 
     image = Image.fromarray((torch.rand(96, 160, 3, generator=torch.Generator().manual_seed(4)) * 255)
                             .to(torch.uint8).numpy())
-    settings = dict(img=image, max_area=160 * 96, frame_num=9, sampling_steps=3, guide_scale=5.0, seed=seeds[0],
-                    offload_model=True)  # 3 x 3 x 5 = 45 tokens per frame stack: odd, padded for 2 ranks
+    # 3 x 3 x 5 = 45 tokens per frame stack: odd, padded for 2 ranks
+    generation = Generation(task="ti2v-5B", prompt="a red fox", size=(160, 96), frame_num=9, seed=seeds[0],
+                            sampling=dict(steps=3, guide_scale=5.0))
     config = WAN_CONFIGS["ti2v-5B"]
-    single = WanTI2V(config, ckpt_dir, device="cpu")
-    expected = single.denoise(single.prepare("a red fox", **settings), offload_model=True)
-    task = WanTI2V(config, ckpt_dir, device="cpu", use_sp=True, dit_fsdp=True, t5_fsdp=True)
-    assert task.layout.ulysses_size == 2 and is_sharded(task.experts[0]) and is_sharded(task.text_encoder.model)
-    latent = task.denoise(task.prepare("a red fox", **settings), offload_model=True)
+    single = Models.load(config, ckpt_dir, LoadOptions(device="cpu"))
+    expected = Runner(single, progress=False).denoise(tasks.prepare_ti2v(single, generation, image))
+    models = Models.load(config, ckpt_dir, LoadOptions(device="cpu", ulysses_size=2, dit_fsdp=True, t5_fsdp=True))
+    assert models.layout.ulysses_size == 2 and is_sharded(models.experts[0])
+    assert is_sharded(models.text_encoder.model)
+    latent = Runner(models, progress=False).denoise(tasks.prepare_ti2v(models, generation, image))
     torch.testing.assert_close(latent, expected, atol=1e-4, rtol=1e-3)
 
 
@@ -240,9 +245,9 @@ def test_without_torchrun_nothing_is_initialised(monkeypatch):
 
 
 @pytest.mark.parametrize("world,flags,message", [
-    (1, dict(ulysses_size=2), "needs 2 processes: launch with torchrun --nproc_per_node=2"),
-    (1, dict(cfg_parallel=True), "needs 2 processes"),
-    (4, dict(ulysses_size=2), "torchrun started 4 processes but --ulysses_size 2 uses 2"),
+    (1, dict(ulysses_size=2), "ulysses_size 2 needs 2 processes: launch with torchrun \\(nproc_per_node=2\\)"),
+    (1, dict(cfg_parallel=True), "cfg_parallel 1 with cfg_parallel \\(x2\\) needs 2 processes"),
+    (4, dict(ulysses_size=2), "ulysses_size 2 uses 2 processes but torchrun started 4"),
     (2, dict(ulysses_size=2, cfg_parallel=True), "uses 4"),
     (6, dict(ulysses_size=4, data_parallel=True), "does not divide the 6 processes"),
     (2, dict(ulysses_size=0), "at least 1"),
@@ -253,13 +258,24 @@ def test_parallel_flags_are_checked_against_the_world_size(world, flags, message
 
 
 def test_task_flags_without_torchrun_fail_with_one_line(tmp_path):
-    from wan.base import WanTaskBase
     from wan.configs import WAN_CONFIGS
+    from wan.models import Models
+    from wan.settings import LoadOptions
 
-    for flags, message in ((dict(use_sp=True), "do not match"), (dict(dit_fsdp=True), "--dit_fsdp/--t5_fsdp"),
-                           (dict(t5_fsdp=True, t5_cpu=True), "--t5_cpu")):
+    for flags, message in ((dict(ulysses_size=2), "ulysses_size 2 needs 2 processes"),
+                           (dict(dit_fsdp=True), "dit_fsdp shards weights over the GPUs that run one job"),
+                           (dict(t5_fsdp=True, t5_cpu=True), "t5_fsdp shards T5 .* cannot be combined with t5_cpu")):
         with pytest.raises(WanInputError, match=message):
-            WanTaskBase(WAN_CONFIGS["ti2v-5B"], str(tmp_path), device="cpu", load=(), **flags)
+            Models.load(WAN_CONFIGS["ti2v-5B"], str(tmp_path), LoadOptions(device="cpu", **flags), parts=())
+
+
+def test_parallel_flags_are_named_on_the_command_line(tiny_checkpoint, tmp_path):
+    from conftest import run_script
+
+    result = run_script("generate.py", "--task", "ti2v-5B", "--ckpt_dir", tiny_checkpoint("ti2v-5B"),
+                        "--ulysses_size", "2", "--save_file", str(tmp_path / "x.mp4"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --ulysses_size 2 needs 2 processes")
 
 
 def test_job_shares_are_disjoint_and_cover_every_job():

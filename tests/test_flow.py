@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from wan import flow
+from wan.solvers import SAMPLERS
 from wan.configs import WAN_CONFIGS
 from wan.modules.model import WanModel
-from wan.step_cache import enable_step_cache
+from wan.step_cache import enable_step_cache, step_cache_of
 from wan.tools.randomize import randomize_
 
 
@@ -20,20 +21,30 @@ def contexts():
     return [torch.randn(3, 8, generator=gen)], [torch.randn(5, 8, generator=gen)]
 
 
+def record_calls(experts):
+    """(t, expert index) of every forward of `experts`, recorded by hooks (nothing in the core)."""
+    calls = []
+    for index, model in enumerate(experts):
+        model.register_forward_pre_hook(lambda module, args, kwargs, index=index: calls.append(
+            (float(kwargs["t"].max()), index)), with_kwargs=True)
+    return calls
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("task,high_steps,first_low_t", [("t2v-A14B", 26, 865), ("i2v-A14B", 15, 892)])
 def test_expert_switch_at_the_boundary(task, high_steps, first_low_t):
     cfg = WAN_CONFIGS[task]
     low, high = tiny_dit(seed=1), tiny_dit(seed=2)
+    calls = record_calls((low, high))
     context, context_null = contexts()
     field = flow.GuidedVelocity((low, high), context, context_null, cfg.sample_guide_scale, seq_len=4,
                                 boundary=cfg.boundary)
     schedule = flow.make_schedule("unipc", cfg.sample_steps, cfg.sample_shift)
     # Tiny t2v experts for both tasks: the routing by timestep is what is under test.
     flow.sample(field, torch.randn(16, 1, 4, 4), schedule, progress=False)
-    experts = [index for _, index in field.calls]
+    experts = [index for _, index in calls]
     assert experts == [1] * high_steps + [0] * (cfg.sample_steps - high_steps)
-    assert field.calls[high_steps][0] == first_low_t
+    assert calls[high_steps][0] == first_low_t
 
 
 @torch.no_grad()
@@ -121,8 +132,51 @@ def test_sampling_is_deterministic_and_solver_dependent():
 
 
 def test_unknown_solver_is_a_clear_error():
-    with pytest.raises(ValueError, match="sample_solver"):
+    with pytest.raises(ValueError, match="solver must be one of"):
         flow.make_schedule("ddim", 10, 5.0)
+
+
+@pytest.mark.parametrize("solver", flow.SOLVERS)
+@pytest.mark.parametrize("steps,shift", [(40, 12.0), (7, 5.0), (3, 1.0)])
+def test_schedules_are_the_official_schedulers_grids(solver, steps, shift):
+    from wan.utils.fm_solvers import FlowDPMSolverMultistepScheduler, FlowEulerScheduler, get_sampling_sigmas
+    from wan.utils.fm_solvers_unipc import FlowUniPCMultistepScheduler
+
+    if solver == "unipc":
+        official = FlowUniPCMultistepScheduler(shift=1)
+        official.set_timesteps(steps, shift=shift)
+    elif solver == "dpm++":
+        official = FlowDPMSolverMultistepScheduler(shift=1)
+        official.set_timesteps(sigmas=get_sampling_sigmas(steps, shift))
+    else:
+        official = FlowEulerScheduler()
+        official.set_timesteps(steps, shift=shift)
+    schedule = flow.make_schedule(solver, steps, shift)
+    assert torch.equal(schedule.sigmas, official.sigmas)
+    assert torch.equal(schedule.timesteps[:-1], official.timesteps.float()) and schedule.timesteps[-1] == 0
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("solver", flow.SOLVERS)
+def test_samplers_equal_stepping_the_official_scheduler_classes(solver):
+    """One copy of each solver: the flow core's stepper and the official-API class give the same bits."""
+    from wan.utils.fm_solvers import FlowDPMSolverMultistepScheduler, FlowEulerScheduler
+    from wan.utils.fm_solvers_unipc import FlowUniPCMultistepScheduler
+
+    model = tiny_dit()
+    context, context_null = contexts()
+    field = flow.GuidedVelocity(model, context, context_null, 4.0, seq_len=8)
+    noise = torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(9))
+    schedule = flow.make_schedule(solver, 6, 5.0)
+    ours = flow.sample(field, noise, schedule, progress=False)
+    official = {"unipc": FlowUniPCMultistepScheduler, "dpm++": FlowDPMSolverMultistepScheduler,
+                "euler": FlowEulerScheduler}[solver]()
+    official.set_timesteps(sigmas=schedule.sigmas[:-1].double().numpy(), shift=1.0)
+    official.set_begin_index(0)
+    x = noise.clone()
+    for i, t in enumerate(official.timesteps):
+        x = official.step(field(x, schedule.timesteps[i])[None].float(), t, x[None], return_dict=False)[0][0]
+    assert torch.equal(ours, x)
 
 
 @torch.no_grad()
@@ -137,8 +191,34 @@ def test_step_cache_skips_steps_and_stays_close():
     exact = flow.sample(field, noise, schedule(), progress=False)
     cache = enable_step_cache(model, 0.2)
     cached = flow.sample(field, noise, schedule(), progress=False)
+    assert step_cache_of(model) is cache
     assert cache.skipped > 0 and cache.computed + cache.skipped == 30
     error = ((cached - exact).norm() / exact.norm()).item()
     assert 0 < error < 0.2
     enable_step_cache(model, 0)
+    assert step_cache_of(model) is None
     assert torch.equal(flow.sample(field, noise, schedule(), progress=False), exact)
+    # Inversion walks t upwards: every step starts a new trajectory, so nothing is skipped.
+    cache = enable_step_cache(model, 0.2)
+    flow.invert(field, exact, schedule(), progress=False)
+    assert cache.skipped == 0 and cache.computed == 30
+
+
+@torch.no_grad()
+def test_a_non_finite_velocity_stops_the_run_naming_step_expert_and_tensor():
+    from wan.errors import NonFiniteError
+
+    low, high = tiny_dit(seed=1), tiny_dit(seed=2)
+    low.head.head.bias.fill_(float("inf"))  # a broken low-noise expert
+    context, context_null = contexts()
+    field = flow.GuidedVelocity((low, high), context, context_null, 4.0, seq_len=4, boundary=0.875)
+    schedule = flow.make_schedule("euler", 12, 12.0)
+    first_low = next(i for i, t in enumerate(schedule.timesteps.tolist()) if t < 875)
+    steps = []
+    with pytest.raises(NonFiniteError) as caught:
+        flow.integrate(field, torch.randn(16, 1, 4, 4), schedule, SAMPLERS["euler"], progress=False,
+                       callback=lambda i, x, history: steps.append(i))
+    message = str(caught.value)
+    assert f"denoising step {first_low + 1} of 12" in message
+    assert "the low-noise expert" in message and "velocity is not finite" in message
+    assert max(steps) < first_low + 5  # stopped within a few steps, not at the end

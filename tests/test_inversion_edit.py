@@ -8,8 +8,11 @@ import torch
 
 import ti2v_inversion_edit
 from conftest import DATA, run_script
-from wan import flow
-from wan.inversion_edit import TI2VInversionEditor
+from wan import TI2VInversionEditor, flow, jobs, tasks
+from wan.runner import Runner
+from wan.settings import EditSettings, InversionSettings, Sampling
+from wan.solvers import euler_step, heun_step, midpoint_step
+from wan.tasks.edit import EditRequest, load_source
 from wan.utils.video_io import probe_video, read_video
 
 KITTEN = os.path.join(DATA, "kitten-turning-head")
@@ -23,11 +26,11 @@ def editor(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def source(editor):
-    clip = editor.load_source(os.path.join(KITTEN, "source.mp4"), 5, 32 * 32)
-    latent = editor.encode(clip.frames)
-    context, context_null = editor.encode_text("A kitten turning its head")
-    field = editor.model.velocity_field(editor.edit_job(latent, context, context_null, 1.0, latent[:, :1].clone()))
-    return latent, field, field.condition
+    models = editor.models
+    clip = load_source(models.config, os.path.join(KITTEN, "source.mp4"), 5, 32 * 32)
+    job = tasks.edit.prepare_inversion(models, clip, "A kitten turning its head", EditSettings(frame_num=5))
+    field = Runner(models).field(job, 1.0)
+    return job.latent, field, job.condition
 
 
 def round_trip_error(source, scheme, regenerate_step, steps):
@@ -41,35 +44,35 @@ def round_trip_error(source, scheme, regenerate_step, steps):
 
 @torch.no_grad()
 def test_reconstruction_error_falls_with_steps(source):
-    errors = [round_trip_error(source, "euler", flow.euler_step, n) for n in (4, 8, 16)]
+    errors = [round_trip_error(source, "euler", euler_step, n) for n in (4, 8, 16)]
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 0.6 * errors[1] < 0.6 * 0.6 * errors[0]  # first order: about halves per doubling
 
 
 @torch.no_grad()
 def test_second_order_beats_euler_at_equal_model_evaluations(source):
-    euler = round_trip_error(source, "euler", flow.euler_step, 16)  # 32 evaluations
-    heun = round_trip_error(source, "heun", flow.heun_step, 8)  # 32 evaluations
-    midpoint = round_trip_error(source, "midpoint", flow.midpoint_step, 8)
+    euler = round_trip_error(source, "euler", euler_step, 16)  # 32 evaluations
+    heun = round_trip_error(source, "heun", heun_step, 8)  # 32 evaluations
+    midpoint = round_trip_error(source, "midpoint", midpoint_step, 8)
     assert heun < 0.5 * euler and midpoint < euler
 
 
 @torch.no_grad()
 def test_fixed_point_inversion_inverts_euler_generation(source):
-    euler = round_trip_error(source, "euler", flow.euler_step, 16)  # 32 evaluations
-    fixed = round_trip_error(source, "fixed_point", flow.euler_step, 4)  # 4*4 + 4 = 20 evaluations
+    euler = round_trip_error(source, "euler", euler_step, 16)  # 32 evaluations
+    fixed = round_trip_error(source, "fixed_point", euler_step, 4)  # 4*4 + 4 = 20 evaluations
     assert fixed < euler
 
 
 @torch.no_grad()
 def test_partial_inversion_keeps_more_of_the_source(editor):
     video = os.path.join(KITTEN, "source.mp4")
-    clip = editor.load_source(video, 5, 32 * 32)
-    latent = editor.encode(clip.frames)
+    clip = load_source(editor.config, video, 5, 32 * 32)
+    latent = editor.models.encode_frames(clip.frames)
     errors = {}
     for strength in (0.3, 1.0):
-        inversion = editor.invert(video, "a kitten", 5, 32 * 32, 5.0, 10, 1.0, "", "euler", strength, clip=clip)
-        assert inversion.settings["sigma"] < 1.0 or strength == 1.0
+        inversion = editor.invert(video, "a kitten", 5, 32 * 32, 5.0, 10, 1.0, "", "euler", strength)
+        assert inversion.sigma < 1.0 or strength == 1.0
         edited = editor.generate_from_inversion(inversion, "a dog", None, 10, 1.0, decode=False)
         errors[strength] = ((edited - latent).norm() / latent.norm()).item()
     assert errors[0.3] < errors[1.0]
@@ -104,16 +107,20 @@ def test_cli_edit_with_comparison_and_saved_inversion(tiny_checkpoint, tmp_path)
 
 @torch.no_grad()
 def test_saved_inversion_reproduces_the_edit_exactly(editor, tmp_path):
-    from wan.inversion_edit import Inversion, StagedEdit
-
-    edit = StagedEdit(editor)
-    inputs = edit.encode(os.path.join(KITTEN, "source.mp4"), "a kitten", "a dog",
-                         os.path.join(KITTEN, "edited_first_frame.png"), frame_num=5, max_area=32 * 32,
-                         inversion_steps=3, generation_steps=3)
+    models = editor.models
+    request = EditRequest(os.path.join(KITTEN, "source.mp4"), "a kitten", "a dog",
+                          os.path.join(KITTEN, "edited_first_frame.png"))
+    settings = EditSettings(frame_num=5, max_area=32 * 32, sampling=Sampling("euler", 3, 5.0, 5.0),
+                            inversion=InversionSettings(steps=3))
     path = str(tmp_path / "inv.safetensors")
-    fresh = edit.denoise(inputs, save_inversion=path)
-    assert Inversion.load(path).settings["frame_num"] == 5
-    assert torch.equal(fresh, edit.denoise(inputs, load_inversion=path))
+    fresh = Runner(models).edit(tasks.prepare_edit(models, request, settings), save_inversion=path)
+    assert jobs.load(path, "inversion").source["frame_num"] == 5
+    assert torch.equal(fresh, Runner(models).edit(tasks.prepare_edit(models, request, settings), load_inversion=path))
+    # The documented two-call API gives the same edit.
+    inversion = editor.invert(request.video, "a kitten", 5, 32 * 32, inversion_steps=3)
+    assert torch.equal(inversion.latent, jobs.load(path, "inversion").latent)
+    assert torch.equal(fresh, editor.generate_from_inversion(inversion, "a dog", request.target_image, 3,
+                                                             decode=False))
 
 
 def test_manifest_runs_all_and_resumes(tiny_checkpoint, tmp_path):
@@ -135,8 +142,8 @@ def test_manifest_runs_all_and_resumes(tiny_checkpoint, tmp_path):
 
 
 def test_short_video_uses_longest_4n1_prefix(editor):
-    clip = editor.load_source(os.path.join(KITTEN, "source.mp4"), 21, 32 * 32)  # 16 frames available
-    assert clip.frames.shape[0] == 13
+    clip = load_source(editor.config, os.path.join(KITTEN, "source.mp4"), 21, 32 * 32)  # 16 frames available
+    assert clip.frames.shape[0] == 13 and clip.frame_num == 13
 
 
 def bad_video_files(tmp_path):

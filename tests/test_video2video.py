@@ -10,11 +10,15 @@ import torch.nn.functional as F
 
 import generate
 from conftest import DATA, run_script
+from wan import WanV2V, WanV2V5B, tasks
 from wan.configs import WAN_CONFIGS
 from wan.errors import WanInputError
 from wan.modules.vlm import VideoCaptioner
+from wan.runner import Runner
+from wan.settings import Generation
+from wan.tasks.continuation import PROMPTS_LOG, STITCHED_VIDEO, combine_prompt, continuation_inputs
+from wan.tasks.ti2v import fit_image, image_size
 from wan.utils.video_io import probe_video, read_video, to_model_range, write_video
-from wan.video2video import PROMPTS_LOG, STITCHED_VIDEO, WanV2V, WanV2V5B, combine_prompt
 
 RABBIT = os.path.join(DATA, "rabbit-figurine", "source.mp4")
 TINY = dict(frame_num=5, sampling_steps=2, seed=3)
@@ -37,44 +41,54 @@ def expected_prompt(internvl, frames, prefix):
     return combine_prompt(prefix, caption)
 
 
+def v2v(task, prompt, **values):
+    return Generation.from_dict({**tasks.defaults(task), "prompt": prompt, "video": RABBIT, "size": (64, 64),
+                                 "frame_num": TINY["frame_num"], "seed": TINY["seed"],
+                                 "sampling": {**tasks.defaults(task)["sampling"], "steps": TINY["sampling_steps"]},
+                                 **values})
+
+
 def test_v2v_5b_starts_from_the_source_last_frame_and_uses_the_caption(tiny_checkpoint, internvl, rabbit):
-    task = WanV2V5B(WAN_CONFIGS["v2v-5B"], tiny_checkpoint("ti2v-5B"), device="cpu", vlm_path=internvl)
-    image, prompt = task.continuation_inputs(RABBIT)
+    pipe = WanV2V5B(WAN_CONFIGS["v2v-5B"], tiny_checkpoint("ti2v-5B"), device="cpu", vlm_path=internvl)
+    models = pipe.models
+    image, prompt = continuation_inputs(models, RABBIT)
     assert torch.equal(torch.from_numpy(np.array(image)), rabbit[-1])
     assert prompt == expected_prompt(internvl, rabbit, None)
 
-    area = dict(size=(64, 64), max_area=64 * 64)
-    result = task.v2v(RABBIT, "continue video", **area, **TINY)
-    assert result.prompt == expected_prompt(internvl, rabbit, "continue video")
+    video, used = pipe.v2v(RABBIT, "continue video", size=(64, 64), max_area=64 * 64, frame_num=5,
+                           sampling_steps=2, seed=3)
+    assert used == expected_prompt(internvl, rabbit, "continue video")
     # In latent space the first frame is the encoded last source frame, exactly.
-    width, height = task.image_size(image, 64 * 64)
-    first_latent = task.encode_first_frame(image, width, height)
-    latent = task.denoise(task.prepare(result.prompt, image, **area, **TINY))
+    width, height = image_size(models.config, image, 64 * 64)
+    first_latent = models.encode_frames(fit_image(image, (width, height)))
+    job = tasks.prepare(models, v2v("v2v-5B", "continue video"))
+    assert job.record["prompt"] == used and job.record["caption_prefix"] == "continue video"
+    latent = Runner(models).denoise(job)
     assert torch.equal(latent[:, :1], first_latent)
     # In pixels it is that latent decoded: the source's last frame up to the VAE round trip.
-    assert result.video.shape == (3, 5, height, width)
-    torch.testing.assert_close(result.video[:, 0], task.decode(first_latent)[:, 0], atol=1e-4, rtol=0)
+    assert video.shape == (3, 5, height, width)
+    torch.testing.assert_close(video[:, 0], models.decode(first_latent)[:, 0], atol=1e-4, rtol=0)
 
 
 def test_v2v_14b_conditions_on_the_source_last_frame(tiny_checkpoint, internvl, rabbit):
-    task = WanV2V(WAN_CONFIGS["v2v-14B"], tiny_checkpoint("i2v-A14B"), device="cpu", vlm_path=internvl)
-    image, prompt = task.continuation_inputs(RABBIT, "continue video")
-    job = task.prepare(prompt, image, max_area=64 * 64, **TINY)
-    height, width = job.settings["size"][1], job.settings["size"][0]
+    pipe = WanV2V(WAN_CONFIGS["v2v-14B"], tiny_checkpoint("i2v-A14B"), device="cpu", vlm_path=internvl)
+    models = pipe.models
+    job = tasks.prepare(models, v2v("v2v-14B", "continue video"))
+    width, height = job.record["output_size"]
     last = F.interpolate(to_model_range(rabbit[-1:])[:, 0][None], size=(height, width), mode="bicubic")[0]
-    encoded_last = task.vae.encode([last[:, None]])[0]
+    encoded_last = models.encode_video(last[:, None])
     # the image latent channels of the I2V condition hold the encoded last source frame (the VAE is causal)
-    torch.testing.assert_close(job.y[4:, :1], encoded_last, atol=1e-5, rtol=0)
-    result = task.v2v(RABBIT, "continue video", max_area=64 * 64, **TINY)
-    assert result.prompt == prompt == expected_prompt(internvl, rabbit, "continue video")
-    assert result.video.shape == (3, 5, height, width)
+    torch.testing.assert_close(job.condition.y[4:, :1], encoded_last, atol=1e-5, rtol=0)
+    video, prompt = pipe.v2v(RABBIT, "continue video", max_area=64 * 64, **TINY)
+    assert prompt == job.record["prompt"] == expected_prompt(internvl, rabbit, "continue video")
+    assert video.shape == (3, 5, height, width)
 
 
 def test_without_captioner_the_prompt_is_used_as_is_and_required(tiny_checkpoint):
-    task = WanV2V5B(WAN_CONFIGS["v2v-5B"], tiny_checkpoint("ti2v-5B"), device="cpu", load=("vae",))
-    assert task.continuation_inputs(RABBIT, "a rabbit")[1] == "a rabbit"
-    with pytest.raises(WanInputError, match="--vlm_path"):
-        task.continuation_inputs(RABBIT)
+    pipe = WanV2V5B(WAN_CONFIGS["v2v-5B"], tiny_checkpoint("ti2v-5B"), device="cpu", load=("vae",))
+    assert continuation_inputs(pipe.models, RABBIT, "a rabbit")[1] == "a rabbit"
+    with pytest.raises(WanInputError, match="prompt is required to continue .* without a captioner"):
+        continuation_inputs(pipe.models, RABBIT)
 
 
 def test_generate_py_v2v(tiny_checkpoint, internvl, tmp_path):
@@ -107,7 +121,7 @@ def test_bad_inputs(tiny_checkpoint, internvl, tmp_path):
         (["--video", str(corrupt), "--vlm_path", internvl], "corrupt.mp4"),
         (["--video", short_clip(tmp_path), "--vlm_path", internvl], "at least 8 frames"),
         (["--video", RABBIT, "--vlm_path", str(config_only)], "model_type='llava'"),
-        (["--prompt", "p"], "--video is required"),
+        (["--prompt", "p"], "video is required"),
     ]
     for extra, message in cases:
         with pytest.raises(WanInputError, match=re.escape(message)):

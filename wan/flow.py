@@ -8,27 +8,24 @@ integrated with different conditioning:
 - `GuidedVelocity` is the velocity field: classifier-free guidance over the conditional and
   unconditional prompts, and the A14B switch between the high- and low-noise experts at the
   boundary timestep;
-- `integrate` walks a `Schedule` with a stepper; generation walks sigmas down (noise to data),
-  inversion walks the same schedule reversed (data to noise) with the same field.
-
-Steppers are small functions `step(field, x, schedule, i) -> x_next` in the style of k-diffusion's
-samplers. Multistep solvers (UniPC, DPM++) keep state, so they are wrapped scheduler objects.
+- `integrate` walks a `Schedule` with a stepper (wan.solvers); generation walks sigmas down (noise
+  to data), inversion walks the same schedule reversed (data to noise) with the same field.
 """
 import logging
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
+import numpy as np
 import torch
 
 from .distributed.env import main_tqdm
-from .errors import WanInputError
-from .utils.fm_solvers import FlowDPMSolverMultistepScheduler, FlowEulerScheduler, get_sampling_sigmas
-from .utils.fm_solvers_unipc import FlowUniPCMultistepScheduler
+from .errors import NonFiniteError
+from .settings import SOLVERS, choice
+from .solvers import INVERSION_STEPPERS, SAMPLERS, flow_lambda
+from .utils.fm_common import official_base_sigmas, shift_sigmas
 
 log = logging.getLogger(__name__)
-
-SOLVERS = ("unipc", "dpm++", "euler")
-INVERSION_SCHEMES = ("euler", "midpoint", "heun", "fixed_point")
 
 
 # ---------------------------------------------------------------------------- conditioning
@@ -96,7 +93,7 @@ class GuidedVelocity:
         self.batch_cfg = batch_cfg
         self.prepare = prepare
         self.cfg_parallel = cfg_parallel
-        self.calls = []  # (t, expert index) per evaluation, for logs and tests
+        self.finite = None  # device flag: every velocity so far was finite (see FiniteGuard)
 
     def expert_index(self, t):
         """1 (high-noise expert) when t >= boundary, else 0; always 0 with a single model."""
@@ -104,10 +101,20 @@ class GuidedVelocity:
             return 0
         return 1 if float(t) >= self.boundary_t else 0
 
+    def expert_name(self, t):
+        if len(self.experts) == 1:
+            return "the DiT"
+        return ("the low-noise expert", "the high-noise expert")[self.expert_index(t)]
+
     def __call__(self, x, t):
+        velocity = self._guided(x, t)
+        finite = torch.isfinite(velocity).all()
+        self.finite = finite if self.finite is None else self.finite & finite
+        return velocity
+
+    def _guided(self, x, t):
         index = self.expert_index(t)
         model, scale = self.experts[index], self.guide_scales[index]
-        self.calls.append((float(t), index))
         if self.prepare is not None:
             self.prepare(model)
         device = next(model.parameters()).device
@@ -133,130 +140,152 @@ class GuidedVelocity:
 # ---------------------------------------------------------------------------- schedules
 @dataclass
 class Schedule:
-    """Integration grid: sigmas [N+1] and the model timestep at each sigma, in the order walked."""
+    """Integration grid: sigmas [N+1] (float32) and the model timestep at each sigma, in the order
+    walked. `solver` names the sampler generation uses on it (wan.solvers.SAMPLERS)."""
 
     sigmas: torch.Tensor
     timesteps: torch.Tensor
-    scheduler: object = None  # the multistep solver that owns this grid, if any
+    solver: str = "euler"
 
     def __len__(self):
         return len(self.sigmas) - 1
 
+    @cached_property
+    def sigma_values(self):
+        """The sigmas as python floats: the multistep solvers' per-step coefficients need no tensor."""
+        return self.sigmas.tolist()
+
+    @cached_property
+    def lambdas(self):
+        return [flow_lambda(s) for s in self.sigma_values]
+
     def reversed(self):
-        """The same grid walked from data to noise (no scheduler: multistep solvers only go down)."""
+        """The same grid walked from data to noise (multistep solvers only go down: Euler)."""
         return Schedule(self.sigmas.flip(0), self.timesteps.flip(0))
 
     def tail(self, steps):
-        """The final `steps` steps of the grid, as a plain grid (no multistep solver)."""
+        """The final `steps` steps of the grid, as a plain (Euler) grid."""
         return Schedule(self.sigmas[-steps - 1:], self.timesteps[-steps - 1:])
 
-
-def make_scheduler(solver, steps, shift, num_train_timesteps=1000, device="cpu"):
-    if solver == "unipc":
-        scheduler = FlowUniPCMultistepScheduler(num_train_timesteps=num_train_timesteps, shift=1,
-                                                use_dynamic_shifting=False)
-        scheduler.set_timesteps(steps, device=device, shift=shift)
-    elif solver == "dpm++":
-        scheduler = FlowDPMSolverMultistepScheduler(num_train_timesteps=num_train_timesteps, shift=1,
-                                                    use_dynamic_shifting=False)
-        # The official DPM++ grid starts at sigma 1.0 (t 1000), unlike UniPC's.
-        scheduler.set_timesteps(device=device, sigmas=get_sampling_sigmas(steps, shift))
-    elif solver == "euler":
-        scheduler = FlowEulerScheduler(num_train_timesteps=num_train_timesteps)
-        scheduler.set_timesteps(steps, device=device, shift=shift)
-    else:
-        raise WanInputError(f"--sample_solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    # A fresh run starts at step 0 even when the first integer timestep repeats (long, high-shift
-    # schedules), where the official look-up would start at the second match and overrun.
-    scheduler.set_begin_index(0)
-    return scheduler
+    def first_index_at_or_below(self, sigma):
+        """Index of the first step starting at a sigma not above `sigma` (with float tolerance):
+        where generation starts from a latent inverted up to `sigma`."""
+        for i, s in enumerate(self.sigma_values[:-1]):
+            if s <= sigma + 1e-6:
+                return i
+        return len(self) - 1
 
 
 def make_schedule(solver, steps, shift, num_train_timesteps=1000):
-    """Generation schedule (noise to data) of one of the official solvers. Its timesteps
-    list the model timestep at every sigma, including t=0 at sigma 0."""
-    if steps < 1:
-        raise WanInputError(f"the number of sampling steps must be at least 1, got {steps}")
-    scheduler = make_scheduler(solver, steps, shift, num_train_timesteps)
-    timesteps = torch.cat([scheduler.timesteps.cpu().float(), torch.zeros(1)])
-    return Schedule(scheduler.sigmas.cpu().float(), timesteps, scheduler)
+    """The generation grid (noise to data) of an official solver: sigmas shifted in float64 and stored
+    as float32 with a final 0; model timesteps int64(sigma * T), i.e. truncated, then t = 0 at sigma 0.
+
+    UniPC starts at sigma_max = 1 - 1/T like the official scheduler; DPM++ and Euler start at 1.0."""
+    choice("solver", solver, SOLVERS)
+    if solver == "unipc":
+        base = official_base_sigmas(steps, num_train_timesteps, 1.0, False)
+    else:
+        base = np.linspace(1, 0, steps + 1)[:steps]
+    sigmas = shift_sigmas(base, shift)
+    timesteps = torch.from_numpy(sigmas * num_train_timesteps).to(torch.int64).float()
+    return Schedule(torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32)),
+                    torch.cat([timesteps, torch.zeros(1)]), solver)
 
 
-# ---------------------------------------------------------------------------- steppers
-def scheduler_step(field, x, schedule, i):
-    """One step of the schedule's own multistep solver (UniPC, DPM++, Euler)."""
-    t = schedule.scheduler.timesteps[i]
-    v = field(x, t)
-    return schedule.scheduler.step(v[None].float(), t, x[None], return_dict=False)[0][0]
-
-
-def euler_step(field, x, schedule, i):
-    s, t = schedule.sigmas, schedule.timesteps
-    return x + (s[i + 1] - s[i]) * field(x, t[i])
-
-
-def heun_step(field, x, schedule, i):
-    """Trapezoidal predictor-corrector: second order, two evaluations."""
-    s, t = schedule.sigmas, schedule.timesteps
-    h = s[i + 1] - s[i]
-    v0 = field(x, t[i])
-    v1 = field(x + h * v0, t[i + 1])
-    return x + h * 0.5 * (v0 + v1)
-
-
-def midpoint_step(field, x, schedule, i):
-    """Explicit midpoint: second order, two evaluations."""
-    s, t = schedule.sigmas, schedule.timesteps
-    h = s[i + 1] - s[i]
-    v0 = field(x, t[i])
-    return x + h * field(x + 0.5 * h * v0, 0.5 * (t[i] + t[i + 1]))
-
-
-def fixed_point_step(field, x, schedule, i, iterations=3):
-    """Implicit step x' = x + h v(x', t'): the exact inverse of an Euler step taken back from x'.
-    Solved by fixed-point iteration from an explicit Euler guess; used for inversion, where it
-    makes Euler regeneration retrace the inverted path."""
-    s, t = schedule.sigmas, schedule.timesteps
-    h = s[i + 1] - s[i]
-    guess = x + h * field(x, t[i])
-    for _ in range(iterations):
-        guess = x + h * field(guess, t[i + 1])
-    return guess
-
-
-STEPPERS = {"euler": euler_step, "heun": heun_step, "midpoint": midpoint_step, "fixed_point": fixed_point_step}
-EVALUATIONS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2, "fixed_point": 4}
+def inversion_schedule(steps, shift, strength=1.0, num_train_timesteps=1000):
+    """The Euler grid an inversion walks up: all of it, or its low-noise fraction `strength`.
+    Generation from the result starts at the returned grid's first (highest) sigma."""
+    grid = make_schedule("euler", steps, shift, num_train_timesteps)
+    return grid.tail(max(1, round(strength * steps)))
 
 
 # ---------------------------------------------------------------------------- integration
-def integrate(field, x, schedule, step=scheduler_step, condition=None, desc="denoising", progress=True,
-              callback=None, start=0):
-    """Walk `schedule` from index `start` with `step`, re-applying the condition after every step
-    (ti2v keeps its first frame fixed). `callback(i, x)` runs after each step (checkpoints)."""
+class FiniteGuard:
+    """Stops an integration whose latent stops being finite (a bad checkpoint, an overflow), naming
+    the step, the expert and whether the velocity was already non-finite.
+
+    One reduction per step on the device; on a GPU the flags reach the host by a non-blocking copy
+    that is only read once it has landed, so the loop never waits for the GPU; the last flags are
+    read when the integration ends."""
+
+    def __init__(self, field, schedule, desc, every=5):
+        self.field, self.schedule, self.desc, self.every = field, schedule, desc, every
+        self.pending = []  # (step index, device flag)
+        self.copies = []  # (step indices, host flags, event)
+
+    def watch(self, i, x):
+        self.pending.append((i, torch.isfinite(x).all()))
+        if len(self.pending) >= self.every:
+            self._ship()
+        self._check(wait=False)
+
+    def finish(self):
+        self._ship()
+        self._check(wait=True)
+
+    def _ship(self):
+        if not self.pending:
+            return
+        steps, flags = zip(*self.pending)
+        self.pending = []
+        flags = torch.stack(flags)
+        if flags.is_cuda:
+            host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
+            host.copy_(flags, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.copies.append((steps, host, event))
+        else:
+            self.copies.append((steps, flags, None))
+
+    def _check(self, wait):
+        while self.copies and (wait or self.copies[0][2] is None or self.copies[0][2].query()):
+            steps, flags, event = self.copies.pop(0)
+            if event is not None:
+                event.synchronize()
+            if not bool(flags.all()):
+                self._fail(steps[int((~flags).nonzero()[0])])
+
+    def _fail(self, i):
+        t = float(self.schedule.timesteps[i])
+        finite = getattr(self.field, "finite", None)
+        tensor = "velocity" if finite is not None and not bool(finite) else "latent"
+        expert = self.field.expert_name(t) if hasattr(self.field, "expert_name") else "the velocity field"
+        raise NonFiniteError(f"{self.desc} step {i + 1} of {len(self.schedule)} (t={t:.0f}, {expert}): the "
+                             f"{tensor} is not finite (NaN or inf); the checkpoint, a LoRA or an fp16 overflow is "
+                             "the likely cause; nothing was written")
+
+
+def integrate(field, x, schedule, step, condition=None, start=0, history=None, desc="denoising", progress=True,
+              callback=None):
+    """Walk `schedule` from index `start` with `step` (wan.solvers), re-applying the condition after
+    every step (ti2v keeps its first frame fixed). `history` resumes a multistep solver;
+    `callback(i, x, history)` runs after each step (checkpoints). Returns the final latent (fp32)."""
     condition = condition or Condition()
+    guard = FiniteGuard(field, schedule, desc)
     x = condition.apply(x.float())
     for i in main_tqdm(range(start, len(schedule)), desc=desc, disable=not progress, initial=start,
                        total=len(schedule)):
-        x = condition.apply(step(field, x, schedule, i).float())
+        x, history = step(field, x, schedule, i, history)
+        x = condition.apply(x.float())
+        guard.watch(i, x)
         if callback is not None:
-            callback(i, x)
+            callback(i, x, history)
+    guard.finish()
     return x
 
 
-def sample(field, noise, schedule, condition=None, progress=True, callback=None, start=0):
+def sample(field, noise, schedule, condition=None, start=0, progress=True):
     """Noise to data with the schedule's solver (the generation path of every task). `start` > 0
-    begins part-way down the grid (a partially inverted latent, or a resumed run)."""
-    step = scheduler_step if schedule.scheduler is not None else euler_step
-    if schedule.scheduler is not None:
-        schedule.scheduler.set_begin_index(start)
-    return integrate(field, noise, schedule, step, condition, "denoising", progress, callback, start)
+    begins part-way down the grid (a partially inverted latent)."""
+    return integrate(field, noise, schedule, SAMPLERS[schedule.solver], condition, start, None, "denoising",
+                     progress)
 
 
 def invert(field, latent, schedule, scheme="euler", condition=None, progress=True):
     """Data to noise: the same field integrated along `schedule` reversed (sigma rising)."""
-    if scheme not in STEPPERS:
-        raise WanInputError(f"inversion scheme must be one of {', '.join(STEPPERS)}, got {scheme!r}")
-    return integrate(field, latent, schedule.reversed(), STEPPERS[scheme], condition, "inverting", progress)
+    step = INVERSION_STEPPERS[choice("scheme", scheme, tuple(INVERSION_STEPPERS))]
+    return integrate(field, latent, schedule.reversed(), step, condition, 0, None, "inverting", progress)
 
 
 def seq_len_for(latent_shape, patch_size=(1, 2, 2), sp_size=1):

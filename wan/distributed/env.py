@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..errors import WanInputError
+from ..settings import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class DistEnv:
     rank: int
     world_size: int
     local_rank: int
-    device: torch.device = None  # None when not distributed: the caller's --device applies
+    device: torch.device = None  # None when not distributed: the caller's device setting applies
 
     @property
     def is_main(self):
@@ -141,21 +141,22 @@ def current_layout():
 
 
 def check_parallel_flags(world_size, ulysses_size=1, cfg_parallel=False, data_parallel=False):
-    """One-line errors for flag combinations this world size cannot run."""
+    """Setting errors for parallel settings this world size cannot run."""
     if ulysses_size < 1:
-        raise WanInputError(f"--ulysses_size must be at least 1, got {ulysses_size}")
+        raise SettingsError("ulysses_size", f"must be at least 1, got {ulysses_size}")
     model_size = ulysses_size * (2 if cfg_parallel else 1)
-    described = f"--ulysses_size {ulysses_size}" + (" with --cfg_parallel (x2)" if cfg_parallel else "")
+    name = "ulysses_size" if ulysses_size > 1 or not cfg_parallel else "cfg_parallel"
+    described = f"{ulysses_size}" + (" with cfg_parallel (x2)" if cfg_parallel else "")
     if model_size > 1 and world_size == 1:
-        raise WanInputError(f"{described} needs {model_size} processes: launch with "
-                            f"torchrun --nproc_per_node={model_size}")
+        raise SettingsError(name, f"{described} needs {model_size} processes: launch with torchrun "
+                                  f"(nproc_per_node={model_size})")
     if data_parallel:
         if world_size % model_size:
-            raise WanInputError(f"{described} uses {model_size} processes per job, which does not divide the "
-                                f"{world_size} processes torchrun started")
+            raise SettingsError(name, f"{described} uses {model_size} processes per job, which does not divide the "
+                                      f"{world_size} processes torchrun started")
     elif world_size != model_size:
-        raise WanInputError(f"torchrun started {world_size} processes but {described} uses {model_size}; "
-                            f"set --ulysses_size (x2 with --cfg_parallel) to the number of processes")
+        raise SettingsError(name, f"{described} uses {model_size} processes but torchrun started {world_size}; set "
+                                  "ulysses_size (x2 with cfg_parallel) to the number of processes")
 
 
 def make_layout(ulysses_size=1, cfg_parallel=False, data_parallel=False):

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from ..errors import WanInputError
+from ..settings import SettingsError
 from ..modules.attention import attention
 
 
@@ -30,8 +30,8 @@ class UlyssesParallel:
     def check_heads(self, num_heads):
         if num_heads % self.size:
             divisors = ", ".join(str(d) for d in range(1, num_heads + 1) if num_heads % d == 0)
-            raise WanInputError(f"--ulysses_size {self.size} must divide the DiT's {num_heads} attention heads "
-                                f"(divisors: {divisors})")
+            raise SettingsError("ulysses_size", f"{self.size} must divide the DiT's {num_heads} attention heads "
+                                                f"(divisors: {divisors})")
 
     def padded_length(self, seq_len):
         return math.ceil(seq_len / self.size) * self.size

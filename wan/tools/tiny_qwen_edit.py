@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils.cli import ArgumentParser, run_cli, setup_logging
+from ..cli import ArgumentParser, run_cli, setup_logging
 from .randomize import randomize_
 
 SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",

@@ -28,6 +28,14 @@ def write_json_atomic(path, obj):
             json.dump(obj, f, indent=2)
 
 
+def write_yaml_atomic(path, obj):
+    import yaml
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            yaml.safe_dump(obj, f, sort_keys=False, allow_unicode=True)
+
+
 def torch_save_atomic(obj, path):
     import torch
 

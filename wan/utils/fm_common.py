@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from ..solvers import History, flow_lambda
+
 
 def shift_sigmas(sigmas, shift):
     """The resolution shift sigma' = s*sigma / (1 + (s-1)*sigma); s > 1 spends more steps at high noise."""
@@ -44,20 +46,6 @@ def official_base_sigmas(num_inference_steps, num_train_timesteps, shift, use_dy
     return np.linspace(sigma_max, 0.0, num_inference_steps + 1)[:-1]
 
 
-def flow_lambda(sigma):
-    """Half log-SNR, log(alpha/sigma) with alpha = 1 - sigma: -inf at pure noise, +inf at clean data.
-
-    The infinities are kept on purpose: the update formulas reach their correct limits with them
-    (exp(-inf) = 0, finite/inf = 0), which is how the first dpm++ step from sigma = 1 and the last step
-    to sigma = 0 work in the official code.
-    """
-    if sigma >= 1.0:
-        return -math.inf
-    if sigma <= 0.0:
-        return math.inf
-    return math.log(1.0 - sigma) - math.log(sigma)
-
-
 def _as_float64(sigmas):
     if isinstance(sigmas, torch.Tensor):
         return sigmas.detach().to("cpu", torch.float64).numpy()
@@ -72,10 +60,10 @@ class FlowSchedulerOutput:
 class FlowScheduler:
     """Grid, step counter and call convention shared by the flow schedulers.
 
-    Subclasses define `_reset_solver_state()` and `_update(velocity, sample)` (one step from
-    sigmas[i] to sigmas[i+1], tensors already in the compute dtype), and may override
-    `_base_sigmas(n)` (the unshifted grid). `config` mirrors the diffusers attribute style
-    (`scheduler.config.num_train_timesteps`).
+    Subclasses define `_update(velocity, sample)` (one step from sigmas[i] to sigmas[i+1], tensors
+    already in the compute dtype; the update formulas are wan.solvers', the multistep memory is
+    `self.history`), and may override `_base_sigmas(n)` (the unshifted grid). `config` mirrors the
+    diffusers attribute style (`scheduler.config.num_train_timesteps`).
     """
 
     def __init__(self, num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False, **solver_config):
@@ -121,7 +109,7 @@ class FlowScheduler:
 
     def _reset_state(self):
         self._step_index = None
-        self._reset_solver_state()
+        self.history = History()
 
     @property
     def step_index(self):
@@ -146,37 +134,6 @@ class FlowScheduler:
             raise ValueError(f"timestep {timestep} is not one of this scheduler's timesteps "
                              f"({self.timesteps[0].item()} ... {self.timesteps[-1].item()})")
         return matches[1] if len(matches) > 1 else matches[0]
-
-    def solver_state(self):
-        """Everything needed to resume after the steps taken so far: (tensors, plain values).
-        Multistep history (previous model outputs, the last sample) is what makes a resumed run
-        equal an uninterrupted one."""
-        tensors, values = {}, {"step_index": self._step_index}
-        for name in ("model_outputs", "last_sample", "lower_order_nums", "this_order"):
-            if not hasattr(self, name):
-                continue
-            value = getattr(self, name)
-            if isinstance(value, list):
-                values[name] = len(value)
-                tensors.update({f"{name}.{i}": t for i, t in enumerate(value) if t is not None})
-            elif isinstance(value, torch.Tensor):
-                tensors[name] = value
-            else:
-                values[name] = value
-        return tensors, values
-
-    def load_solver_state(self, tensors, values):
-        """Restore what `solver_state` returned (after set_timesteps with the same grid)."""
-        self._step_index = values["step_index"]
-        for name in ("model_outputs", "last_sample", "lower_order_nums", "this_order"):
-            if not hasattr(self, name):
-                continue
-            if isinstance(getattr(self, name), list):
-                setattr(self, name, [tensors.get(f"{name}.{i}") for i in range(values[name])])
-            elif name in values:
-                setattr(self, name, values[name])
-            else:
-                setattr(self, name, tensors.get(name))
 
     def scale_model_input(self, sample, *args, **kwargs):
         """Flow models take the sample unscaled; kept for diffusers-style callers."""

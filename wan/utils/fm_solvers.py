@@ -4,12 +4,11 @@ The dpm++ path of the official pipelines:
     sigmas = get_sampling_sigmas(steps, shift)
     timesteps, _ = retrieve_timesteps(scheduler, device=device, sigmas=sigmas)
     latent = scheduler.step(velocity, t, latent, return_dict=False, generator=g)[0]
-Formulas: WAN_REFERENCE.md section 4, written in terms of x0 predictions m_i = x_i - sigma_i * v_i and
-lambda = log((1 - sigma) / sigma).
+The update formulas are wan.solvers' (one copy for these classes and for generation).
 """
 import inspect
-import math
 
+from ..solvers import dpm_update, euler_update
 from .fm_common import FlowScheduler, get_sampling_sigmas
 
 __all__ = ["FlowDPMSolverMultistepScheduler", "FlowEulerScheduler", "get_sampling_sigmas",
@@ -48,34 +47,9 @@ class FlowDPMSolverMultistepScheduler(FlowScheduler):
                          prediction_type="flow_prediction", algorithm_type="dpmsolver++",
                          solver_type="midpoint", final_sigmas_type="zero")
 
-    def _reset_solver_state(self):
-        self.model_outputs = [None] * self.config.solver_order
-        self.lower_order_nums = 0
-
-    def _order(self, i):
-        # The official lower_order_final rule only lowers order 3 on the second-to-last step, so for
-        # order <= 2 just the last step (to sigma 0, where lambda = inf) drops to first order.
-        if i == self.num_inference_steps - 1 or self.lower_order_nums < 1:
-            return 1
-        return self.config.solver_order
-
     def _update(self, velocity, sample):
-        i = self._step_index
-        sigma, sigma_next = self._sigma_values[i], self._sigma_values[i + 1]
-        lam, lam_next = self._lambdas[i], self._lambdas[i + 1]
-        x0_pred = sample - sigma * velocity
-        self.model_outputs = self.model_outputs[1:] + [x0_pred]
-
-        h = lam_next - lam
-        # (1 - sigma') * (e^{-h} - 1): the weight of the x0 prediction in the exact exponential integrator.
-        weight = (1.0 - sigma_next) * math.expm1(-h)
-        prev_sample = (sigma_next / sigma) * sample - weight * x0_pred
-        if self._order(i) == 2:
-            # Midpoint correction with the finite difference D1 = (m_i - m_{i-1}) h / (lambda_i - lambda_{i-1});
-            # it is 0 when lambda_{i-1} = -inf (previous step from sigma = 1).
-            scale = 0.5 * weight * h / (lam - self._lambdas[i - 1])
-            prev_sample = prev_sample - scale * (x0_pred - self.model_outputs[-2])
-        self.lower_order_nums = min(self.lower_order_nums + 1, self.config.solver_order)
+        prev_sample, self.history = dpm_update(velocity, sample, self._sigma_values, self._lambdas,
+                                               self._step_index, self.history, self.config.solver_order)
         return prev_sample
 
 
@@ -88,9 +62,6 @@ class FlowEulerScheduler(FlowScheduler):
     def _base_sigmas(self, num_inference_steps):
         return get_sampling_sigmas(num_inference_steps, 1.0)
 
-    def _reset_solver_state(self):
-        pass
-
     def _update(self, velocity, sample):
         i = self._step_index
-        return sample + (self._sigma_values[i + 1] - self._sigma_values[i]) * velocity
+        return euler_update(velocity, sample, self._sigma_values[i], self._sigma_values[i + 1])

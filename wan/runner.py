@@ -1,0 +1,320 @@
+"""The runner: the one place that runs prepared jobs, for generations and edits alike.
+
+- `Runner(models)` denoises a `Job`, inverts an `InversionJob`, runs an `EditJob` (inversion, then
+  generation from its result), decodes, and writes videos: all through `flow.integrate`, the one loop.
+- `generate` / `edit` run a whole job or one stage of it: encode (text encoder + VAE: the job file),
+  denoise (DiT only: the latent file, with resumable checkpoints every `save_every` steps) and
+  decode (VAE only: the video), the stages exchanging files in a folder (wan.jobs). Every output
+  gets the resolved settings written beside it, so the run can be repeated exactly.
+- `run_chain` makes a long video from continuations, resuming after the last finished one.
+"""
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import distributed, flow, jobs, tasks
+from .errors import WanInputError
+from .settings import check_agrees
+from .solvers import INVERSION_STEPPERS, SAMPLERS, History
+from .tasks.continuation import (PROMPTS_LOG, STITCHED_VIDEO, finished_videos, stitched_frames,
+                                 write_prompts_log)
+from .tasks.edit import inversion_result, load_source, write_comparison
+from .utils.fileio import write_yaml_atomic
+from .utils.utils import save_video
+from .utils.video_io import probe_video, write_video
+
+log = logging.getLogger(__name__)
+
+STAGES = ("all", "encode", "denoise", "decode")
+ENCODED, LATENT, CHECKPOINT = "encoded.safetensors", "latent.safetensors", "denoise_checkpoint.safetensors"
+# Written with the video, not part of what a job computes: a later stage may change them.
+OUTPUT_ONLY = ("fps", "output")
+
+
+class StopRequested(Exception):
+    """Raised inside the denoise loop when a run was asked to stop after a number of steps."""
+
+
+@dataclass
+class Checkpointing:
+    """Resumable denoising: every `save_every` steps the latent and the solver's history go to
+    `path`; `stop_after` ends this run (resumably) after that many steps; `key` ties the file to
+    its job."""
+
+    path: str
+    key: str
+    save_every: int = 0
+    stop_after: int = None
+    fingerprint: str = None
+
+    def resume(self, phase, device):
+        """(start step, latent, history) of `phase` from the file, or (0, None, None)."""
+        if not os.path.exists(self.path):
+            return 0, None, None
+        tensors, header = jobs.read(self.path, "checkpoint", self.fingerprint)
+        if header["key"] != self.key:
+            raise WanInputError(f"{self.path} belongs to another job; delete it to start over")
+        if header["phase"] != phase:
+            return None, None, None  # that phase is already done
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+        latent = tensors.pop("latent")
+        history = History.from_tensors(tensors, header["history"]) if header["history"] else None
+        log.info("resuming %s at step %d from %s", phase, header["step"], self.path)
+        return header["step"], latent, history
+
+    def callback(self, phase, total):
+        steps_this_run = 0
+
+        def after_step(i, x, history):
+            nonlocal steps_this_run
+            steps_this_run += 1
+            done = i + 1
+            stopping = self.stop_after is not None and steps_this_run >= self.stop_after and done < total
+            if done < total and ((self.save_every and done % self.save_every == 0) or stopping):
+                self.save(phase, done, x, history)
+            if stopping:
+                raise StopRequested(f"{phase} step {done}")
+        return after_step
+
+    def save(self, phase, step, latent, history):
+        tensors, values = history.to_tensors() if history is not None else ({}, None)
+        jobs.write(self.path, "checkpoint", {"latent": latent, **tensors},
+                   {"key": self.key, "phase": phase, "step": step, "history": values}, self.fingerprint)
+
+    def done(self):
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+class Runner:
+    """Runs jobs on `models` (the DiT for denoising, the VAE for decoding)."""
+
+    def __init__(self, models, progress=True):
+        self.models, self.progress = models, progress
+
+    def field(self, job, guide_scale):
+        m = self.models
+        return flow.GuidedVelocity(m.experts, [job.context], None if job.context_null is None else [job.context_null],
+                                   guide_scale, job.seq_len, job.condition, m.config.get("boundary"),
+                                   m.num_train_timesteps, prepare=m.place, cfg_parallel=m.cfg_parallel)
+
+    @torch.no_grad()
+    def denoise(self, job, checkpointing=None):
+        """Sample `job` from its latent; the final latent (fp32). With checkpointing, resumes from
+        its file and keeps it up to date (returns None when stopped on request)."""
+        s = job.sampling
+        schedule = flow.make_schedule(s.solver, s.steps, s.shift, self.models.num_train_timesteps)
+        start, latent, history, callback = job.start, job.latent, None, None
+        if checkpointing is not None:
+            step, saved, history = checkpointing.resume("generating", self.models.device)
+            if saved is not None:
+                start, latent = step, saved
+            callback = checkpointing.callback("generating", len(schedule))
+        with self.models.autocast():
+            out = flow.integrate(self.field(job, s.guide_scale), latent.to(self.models.device), schedule,
+                                 SAMPLERS[s.solver], job.condition, start, history, "denoising", self.progress,
+                                 callback)
+        self.models.release()
+        return out
+
+    @torch.no_grad()
+    def invert(self, job, checkpointing=None):
+        """Integrate the clean latent of `job` up its schedule: the latent at the schedule's top."""
+        inv = job.inversion
+        schedule = flow.inversion_schedule(inv.steps, job.shift, inv.strength, self.models.num_train_timesteps)
+        start, latent, callback = 0, job.latent, None
+        if checkpointing is not None:
+            step, saved, _ = checkpointing.resume("inverting", self.models.device)
+            if step is None:
+                return None  # the checkpoint is past the inversion
+            if saved is not None:
+                start, latent = step, saved
+            callback = checkpointing.callback("inverting", len(schedule))
+        with self.models.autocast():
+            out = flow.integrate(self.field(job, inv.guide_scale), latent.to(self.models.device), schedule.reversed(),
+                                 INVERSION_STEPPERS[inv.scheme], job.condition, start, None, "inverting",
+                                 self.progress, callback)
+        self.models.release()
+        return out
+
+    @torch.no_grad()
+    def edit(self, edit_job, load_inversion=None, save_inversion=None, checkpointing=None):
+        """Invert the source (or reuse a saved inversion) and regenerate: the edited latent."""
+        generation = edit_job.generation
+        if load_inversion:
+            inversion = jobs.load(load_inversion, "inversion")
+            inversion.check_matches(edit_job.source, self.models.fingerprint)
+            if inversion.settings["shift"] != generation.sampling.shift:
+                raise WanInputError(f"load_inversion: {load_inversion} was inverted with shift "
+                                    f"{inversion.settings['shift']}, this edit samples with {generation.sampling.shift}")
+            log.info("reusing inversion %s", load_inversion)
+            generation.latent = inversion.latent
+        else:
+            noise = self.invert(edit_job.inversion, checkpointing)
+            if noise is not None:
+                generation.latent = noise
+                if save_inversion and self.models.layout.writes_outputs:
+                    record = inversion_result(edit_job.inversion, edit_job.source,
+                                              generation.record.get("source_prompt"), noise, self.models.fingerprint)
+                    jobs.save(save_inversion, "inversion", record)
+                    log.info("saved the inversion to %s", save_inversion)
+        return self.denoise(generation, checkpointing)
+
+    @torch.no_grad()
+    def write_video(self, latent, path, fps):
+        """Decode and write, each chunk encoded to mp4 while the VAE decodes the next one."""
+        log.info("decoding and writing %s", path)
+        save_video((chunk[None] for chunk in self.models.decode_chunks(latent)), save_file=path, fps=fps, nrow=1,
+                   normalize=True, value_range=(-1, 1))
+
+
+# ---------------------------------------------------------------------------- whole runs and stages
+def job_key(kind, job):
+    """An identity of a job's content, for checkpoints: the hash of its file header."""
+    _, header = jobs.to_tensors(kind, job)
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_settings(output, resolved):
+    """`OUTPUT.settings.yaml`: everything needed to repeat the run (give it back with --config)."""
+    if resolved is not None:
+        write_yaml_atomic(f"{os.path.splitext(output)[0]}.settings.yaml", resolved)
+
+
+def generate(models, generation, output, stage="all", stage_dir=None, save_every=0, stop_after=None,
+             requested=None, resolved=None):
+    """Generate one video, whole or one stage (see the module docstring). `requested`: the settings
+    given explicitly, which a later stage checks against the job's file. Returns the output path when
+    a video was written."""
+    runner, folder = Runner(models), stage_dir or ""
+    encoded, latent_file = os.path.join(folder, ENCODED), os.path.join(folder, LATENT)
+    if stage in ("all", "encode"):
+        job = tasks.prepare(models, generation)
+        if stage == "encode":
+            if models.layout.writes_outputs:
+                jobs.save(encoded, "generation", job, models.fingerprint)
+                log.info("encoded to %s; next: the denoise stage", encoded)
+            return None
+    elif stage == "denoise":
+        job = jobs.load(encoded, "generation", models.fingerprint, models.config.patch_size)
+        check_agrees(job.record, requested or {}, encoded, ignore=OUTPUT_ONLY)
+    if stage == "denoise":
+        checkpointing = Checkpointing(os.path.join(folder, CHECKPOINT), job_key("generation", job), save_every,
+                                      stop_after, models.fingerprint)
+        try:
+            latent = runner.denoise(job, checkpointing)
+        except StopRequested as stop:
+            log.info("stopped after %s; run the denoise stage again to resume", stop)
+            return None
+        checkpointing.done()
+        if models.layout.writes_outputs:
+            jobs.write(latent_file, "latent", {"latent": latent}, {"record": job.record}, models.fingerprint)
+            log.info("denoised to %s; next: the decode stage", latent_file)
+        return None
+    if stage == "all":
+        latent, record = runner.denoise(job), job.record
+    else:
+        tensors, header = jobs.read(latent_file, "latent", models.fingerprint)
+        latent, record = tensors["latent"], header["record"]
+        check_agrees(record, requested or {}, latent_file, ignore=OUTPUT_ONLY)
+    if not models.layout.writes_outputs:
+        return None
+    runner.write_video(latent, output, (requested or {}).get("fps") or record["fps"])
+    write_settings(output, resolved)
+    return output
+
+
+def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, stop_after=None,
+         load_inversion=None, save_inversion=None, comparison=False, requested=None, resolved=None):
+    """One edit, whole or one stage; returns the output path when a video was written."""
+    runner, folder = Runner(models), stage_dir or ""
+    encoded, latent_file = os.path.join(folder, ENCODED), os.path.join(folder, LATENT)
+    edit_job = None
+    if stage in ("all", "encode"):
+        edit_job = tasks.prepare_edit(models, request, settings)
+        if stage == "encode":
+            if models.layout.writes_outputs:
+                jobs.save(encoded, "edit", edit_job, models.fingerprint)
+                log.info("encoded to %s; next: the denoise stage", encoded)
+            return None
+    elif stage == "denoise":
+        edit_job = jobs.load(encoded, "edit", models.fingerprint, models.config.patch_size)
+        check_agrees(edit_job.generation.record, requested or {}, encoded, ignore=OUTPUT_ONLY)
+    if stage in ("all", "denoise"):
+        checkpointing = None
+        if stage == "denoise":
+            checkpointing = Checkpointing(os.path.join(folder, CHECKPOINT), job_key("edit", edit_job), save_every,
+                                          stop_after, models.fingerprint)
+        try:
+            latent = runner.edit(edit_job, load_inversion, save_inversion, checkpointing)
+        except StopRequested as stop:
+            log.info("stopped after %s; run the denoise stage again to resume", stop)
+            return None
+        if checkpointing is not None:
+            checkpointing.done()
+            if models.layout.writes_outputs:
+                jobs.write(latent_file, "latent", {"latent": latent, "target_frame": edit_job.target_frame},
+                           {"record": edit_job.generation.record, "source": edit_job.source.identity()},
+                           models.fingerprint)
+                log.info("denoised to %s; next: the decode stage", latent_file)
+            return None
+        record, source, target = edit_job.generation.record, edit_job.source, edit_job.target_frame
+        source_fps = source.fps
+    else:
+        tensors, header = jobs.read(latent_file, "latent", models.fingerprint)
+        latent, record, target = tensors["latent"], header["record"], tensors.get("target_frame")
+        check_agrees(record, requested or {}, latent_file, ignore=OUTPUT_ONLY)
+        source, source_fps = None, header["source"]["fps"]
+    if not models.layout.writes_outputs:
+        return None
+    output = request.output or record["output"]
+    edited = models.decode(latent)
+    fps = settings.fps or source_fps
+    save_video(edited[None], save_file=output, fps=fps, nrow=1)
+    if comparison:
+        if source is None:  # a decode stage in its own process reads the clip again
+            source = load_source(models.config, record["video"], record["frame_num"], record["max_area"])
+        write_comparison(output, source.frames, target.to(torch.uint8), edited, fps)
+    write_settings(output, resolved)
+    log.info("wrote %s (%d frames, %dx%d, %.3g fps)", output, edited.shape[1], edited.shape[3], edited.shape[2], fps)
+    return output
+
+
+def run_chain(load_models, generation, output_dir, num_videos, resolved=None):
+    """Videos 1..num_videos into `output_dir`: video 1 continues generation.video, video i continues
+    video i-1 with seed generation.seed + i - 1. Videos already in the prompts log are kept, so a
+    rerun resumes after the last finished one. `load_models()` is called only if something is left.
+    Returns (video paths, stitched video path)."""
+    from .tasks.common import resolve_seed
+
+    base_seed = resolve_seed(generation.seed)
+    log_path = os.path.join(output_dir, PROMPTS_LOG)
+    entries = finished_videos(output_dir)
+    source, models = generation.video, None
+    for index in distributed.main_tqdm(range(1, num_videos + 1), desc="videos", unit="video"):
+        if index in entries:
+            log.info("video %d already finished (%s), skipping", index, entries[index][0])
+            source = os.path.join(output_dir, entries[index][0])
+            continue
+        models = models or load_models()
+        seed = base_seed + index - 1
+        name = f"video_{index:02d}_seed{seed}.mp4"
+        log.info("video %d/%d: continuing %s (seed %d)", index, num_videos, source, seed)
+        job = tasks.prepare(models, generation.replace(video=source, seed=seed))
+        path = os.path.join(output_dir, name)
+        runner = Runner(models)
+        runner.write_video(runner.denoise(job), path, generation.fps or models.config.sample_fps)
+        entries[index] = (name, seed, job.record["prompt"])
+        write_prompts_log(log_path, entries)
+        source = path
+    paths = [os.path.join(output_dir, entries[i][0]) for i in range(1, num_videos + 1)]
+    stitched = os.path.join(output_dir, STITCHED_VIDEO)
+    write_video(stitched_frames(paths), stitched, fps=probe_video(paths[0])[1])
+    if resolved is not None:
+        write_yaml_atomic(os.path.join(output_dir, "chain.settings.yaml"), resolved)
+    log.info("stitched %d videos into %s", num_videos, stitched)
+    return paths, stitched

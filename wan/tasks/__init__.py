@@ -1,0 +1,88 @@
+"""The tasks: one registry from a task name to its configuration, its defaults and the `prepare_*`
+function that turns a `Generation` into a `Job` (flux-style: preparing is separate from loading
+and from running).
+
+    models = Models.load(task.config, ckpt_dir, LoadOptions(), parts=task.parts("all"))
+    job = prepare(models, Generation.from_dict({**defaults("ti2v-5B"), "prompt": "A red fox"}))
+    video = Runner(models).generate(job)          # wan.runner
+"""
+from dataclasses import dataclass
+
+from ..configs import SUPPORTED_SIZES, WAN_CONFIGS
+from ..settings import SettingsError, choice
+from .continuation import prepare_v2v
+from .edit import prepare_edit
+from .i2v import prepare_i2v
+from .t2v import prepare_t2v
+from .ti2v import prepare_ti2v
+
+__all__ = ["TASKS", "Task", "defaults", "get_task", "prepare", "prepare_edit"]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    prepare: object  # (models, Generation) -> Job
+    default_size: str
+    inputs: tuple = ()  # "image" (required), "image?" (optional), "video" (required)
+
+    @property
+    def config(self):
+        return WAN_CONFIGS[self.name]
+
+    def parts(self, stage="all"):
+        """The networks a stage loads: encode (text encoder, VAE, captioner), denoise (DiT), decode (VAE)."""
+        encode = ("t5", "vae", "vlm") if "video" in self.inputs else ("t5", "vae")
+        return {"all": (*encode, "dit"), "encode": encode, "denoise": ("dit",), "decode": ("vae",)}[stage]
+
+
+TASKS = {task.name: task for task in (
+    Task("t2v-A14B", prepare_t2v, "1280*720"),
+    Task("t2v-14B", prepare_t2v, "1280*720"),
+    Task("t2v-1.3B", prepare_t2v, "832*480"),
+    Task("i2v-A14B", prepare_i2v, "1280*720", ("image",)),
+    Task("ti2v-5B", prepare_ti2v, "1280*704", ("image?",)),
+    Task("v2v-14B", prepare_v2v, "1280*720", ("video",)),
+    Task("v2v-5B", prepare_v2v, "1280*704", ("video",)),
+)}
+
+
+def get_task(name):
+    return TASKS[choice("task", name, tuple(TASKS))]
+
+
+def defaults(name):
+    """The official per-task defaults as a settings dict (size, frame count, fps, sampling)."""
+    task, config = get_task(name), WAN_CONFIGS[name]
+    guide = config.sample_guide_scale
+    return {"task": name, "size": task.default_size, "frame_num": config.frame_num, "fps": config.sample_fps,
+            "sampling": {"solver": "unipc", "steps": config.sample_steps, "shift": config.sample_shift,
+                         "guide_scale": list(guide) if isinstance(guide, tuple) else guide}}
+
+
+def check_inputs(generation):
+    """Inputs a task needs or cannot use, before any model loads."""
+    task = get_task(generation.task)
+    if "image" in task.inputs and not generation.image:
+        raise SettingsError("image", f"is required for {task.name}")
+    if generation.image and not {"image", "image?"} & set(task.inputs):
+        raise SettingsError("image", f"is not used by {task.name}" + (
+            ": the last frame of the video starts the output" if "video" in task.inputs else ""))
+    if "video" in task.inputs and not generation.video:
+        raise SettingsError("video", f"is required for {task.name}")
+    if generation.video and "video" not in task.inputs:
+        raise SettingsError("video", f"is only for the continuation tasks (v2v-14B, v2v-5B), not {task.name}")
+
+
+def unsupported_size_warning(generation):
+    """A size off the ones the task was trained at works, at some cost in quality: the warning text."""
+    text = f"{generation.size[0]}*{generation.size[1]}"
+    supported = SUPPORTED_SIZES[generation.task]
+    if text not in supported:
+        return f"size {text} is outside the sizes {generation.task} was trained at ({', '.join(supported)})"
+    return None
+
+
+def prepare(models, generation):
+    """The job for `generation` on `models` (text encoder and VAE loaded)."""
+    return get_task(generation.task).prepare(models, generation)
