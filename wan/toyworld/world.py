@@ -143,7 +143,7 @@ class Scene:
         """Check every field against the spec; returns self so calls chain."""
         frames = self.frames
         if isinstance(frames, bool) or not isinstance(frames, numbers.Integral) or frames < 1 or (frames - 1) % 4:
-            raise WanInputError(f"{name}.frames: {frames!r} is not a frame count of the form 4n+1 (e.g. 17 or 33)")
+            raise WanInputError(f"{name}.frames: {frames!r} is not an integer frame count of the form 4n+1 (e.g. 17 or 33)")
         _check_background(self.background, f"{name}.background")
         if not 1 <= len(self.objects) <= 2:
             raise WanInputError(f"{name}.objects: {SPEC_VERSION} scenes have 1 or 2 objects, got {len(self.objects)}")
@@ -287,19 +287,20 @@ def background_image(background):
     return _round_to_uint8(_background_float(background))
 
 
-def _edge_functions(shape, dx, dy, ys, cy, r):
-    """The shape's edge functions at the samples: a sample is inside iff every one is <= 0.
+def edge_functions(shape, dx, dy, ys, cy, r):
+    """The shape's edge functions at sample points: a point is inside iff every one is <= 0.
 
-    dx [..., 1, S] varies along columns, dy and ys [..., S, 1] along rows; cy, r broadcast.
-    a - b <= 0 holds exactly when a <= b in IEEE arithmetic, so these are the spec's tests as written."""
+    dx = x - cx varies along columns ([..., 1, S]), dy = y - cy and the sample rows ys along rows
+    ([..., S, 1]); cy and r broadcast. Works on torch tensors and numpy arrays. a - b <= 0 holds
+    exactly when a <= b in IEEE arithmetic, so these are the spec's closed tests as written."""
     if shape == "circle":
         return [dx * dx + dy * dy - r * r]
     if shape == "square":
-        return [dx.abs() - r, dy.abs() - r]
+        return [abs(dx) - r, abs(dy) - r]
     if shape == "diamond":
-        return [dx.abs() + dy.abs() - r]
-    # triangle, apex up: below the apex line pair and above the base
-    return [ys - (cy + r), dx.abs() - (ys - (cy - r)) / 2]
+        return [abs(dx) + abs(dy) - r]
+    # triangle, apex up: inside the two slanted sides and above the base
+    return [ys - (cy + r), abs(dx) - (ys - (cy - r)) / 2]
 
 
 def _sample_windows(objects, centre):
@@ -340,7 +341,7 @@ def _window_counts(objects, centre):
             continue
         pick = torch.tensor(index, device=centre.device)
         inside = None
-        for edge in _edge_functions(shape, dx[pick], dy[pick], ys[pick], cy[pick], r[pick]):
+        for edge in edge_functions(shape, dx[pick], dy[pick], ys[pick], cy[pick], r[pick]):
             inside = edge <= 0 if inside is None else inside & (edge <= 0)
         grid = inside.reshape(len(index), -1, pixels, n, pixels, n)
         counts[pick] = grid.sum(dim=(3, 5), dtype=torch.float64)
@@ -405,7 +406,7 @@ def is_tie_free(scene, margin=1e-6):
     centre = torch.from_numpy(_motion(scene.objects, scene.frames)[0])
     _, _, _, dx, dy, ys, cy, r = _sample_windows(scene.objects, centre)
     for m, obj in enumerate(scene.objects):
-        for edge in _edge_functions(obj.shape, dx[m], dy[m], ys[m], cy[m], r[m]):
+        for edge in edge_functions(obj.shape, dx[m], dy[m], ys[m], cy[m], r[m]):
             if edge.abs().min().item() <= margin:
                 return False
     return True
