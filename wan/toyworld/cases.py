@@ -217,7 +217,9 @@ def case_from_dict(data, name="case"):
         _require(data, ("spec_version", "case_id", "kind", "scene"), name)
         scene = Scene.from_dict(data["scene"], f"{name}.scene")
         if scene.frames != CONTINUATION_FRAMES:
-            raise WanInputError(f"{name}.scene.frames: a continuation case has {CONTINUATION_FRAMES} frames, got {scene.frames}")
+            raise WanInputError(
+                f"{name}.scene.frames: a continuation case has {CONTINUATION_FRAMES} frames, got {scene.frames}"
+            )
         return ContinuationCase(str(data["case_id"]), scene)
     raise WanInputError(f"{name}.kind: {kind!r} is not one of edit, continuation")
 
@@ -243,7 +245,9 @@ def _require(data, keys, name):
 
 def _check_version(version, name):
     if version != SPEC_VERSION:
-        raise WanInputError(f"{name}.spec_version: {version!r} is not {SPEC_VERSION!r}; these cases were made for another toy world")
+        raise WanInputError(
+            f"{name}.spec_version: {version!r} is not {SPEC_VERSION!r}; these cases were made for another toy world"
+        )
 
 
 def save_cases(path, cases):

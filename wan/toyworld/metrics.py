@@ -1,4 +1,4 @@
-"""Pixel metrics for toyworld-v1 outputs (docs/TOYWORLD.md, "Metrics").
+"""Pixel metrics for toyworld-v1 outputs (docs/TOYWORLD.md, sections 11 and 12).
 
 Every metric is computed from uint8 frames with no learned network: pixels are segmented against
 the known background and assigned to the nearest candidate object colour; masks give areas,
@@ -248,8 +248,10 @@ def _appearance(video, reference, out, ref, objects, unoccluded):
     mean_colors = _mean_colors(video, out)[later]
     target_colors = np.array([obj.color for obj in objects], dtype=object)
     colour_ok = (_nearest_palette_color(mean_colors) == target_colors) & present
-    spreads = [
-        np.linalg.norm(mean_colors[present[:, k], k].std(axis=0)) for k in range(len(objects)) if present[:, k].sum() > 1
+    spreads = [  # how much each object's colour wanders over the clip
+        np.linalg.norm(mean_colors[present[:, k], k].std(axis=0))
+        for k in range(len(objects))
+        if present[:, k].sum() > 1
     ]
 
     whole = unoccluded[later] & valid
@@ -317,9 +319,8 @@ def edit_metrics(video, case, vae_floor=None):
     ref = Segmentation(reference, background, colors, leak_colors)
     later = slice(1, None)
     metrics = _trajectory(out, ref)
-    metrics["colour_leak"] = (
-        float(np.count_nonzero(out.leak[later]) / np.count_nonzero(out.foreground[later])) if out.foreground[later].any() else 0.0
-    )
+    foreground = np.count_nonzero(out.foreground[later])
+    metrics["colour_leak"] = np.count_nonzero(out.leak[later]) / foreground if foreground else 0.0
     metrics.update(_appearance(video, reference, out, ref, target.objects, _unoccluded(target)))
     metrics["first_frame_psnr"] = psnr(video[0], reference[0])
     metrics["passed"] = edit_passes(metrics, vae_floor)

@@ -143,7 +143,9 @@ class Scene:
         """Check every field against the spec; returns self so calls chain."""
         frames = self.frames
         if isinstance(frames, bool) or not isinstance(frames, numbers.Integral) or frames < 1 or (frames - 1) % 4:
-            raise WanInputError(f"{name}.frames: {frames!r} is not an integer frame count of the form 4n+1 (e.g. 17 or 33)")
+            raise WanInputError(
+                f"{name}.frames: {frames!r} is not an integer frame count of the form 4n+1 (e.g. 17 or 33)"
+            )
         _check_background(self.background, f"{name}.background")
         if not 1 <= len(self.objects) <= 2:
             raise WanInputError(f"{name}.objects: {SPEC_VERSION} scenes have 1 or 2 objects, got {len(self.objects)}")
@@ -205,7 +207,9 @@ def _check_object(obj, name):
     for key in ("size", "x0", "y0", "vx", "vy"):
         _check_number(getattr(obj, key), f"{name}.{key}")
     if not 0 < obj.size < min(WIDTH, HEIGHT):
-        raise WanInputError(f"{name}.size: {obj.size!r} is outside the canvas; expected 0 < size < {min(WIDTH, HEIGHT)}")
+        raise WanInputError(
+            f"{name}.size: {obj.size!r} is outside the canvas; expected 0 < size < {min(WIDTH, HEIGHT)}"
+        )
     half = obj.size / 2
     for key, extent in (("x0", WIDTH), ("y0", HEIGHT)):
         value = getattr(obj, key)
