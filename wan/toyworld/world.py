@@ -316,7 +316,7 @@ def _sample_windows(objects, centre):
     box touches: floor(size) + 2 pixels per side, moved inside the canvas."""
     device = centre.device
     size = torch.tensor([obj.size for obj in objects], dtype=torch.float64, device=device)
-    pixels = min(int(math.floor(size.max().item())) + 2, WIDTH, HEIGHT)
+    pixels = min(int(math.floor(max(obj.size for obj in objects))) + 2, WIDTH, HEIGHT)
     r = (size / 2)[:, None]
     cx, cy = centre[..., 0], centre[..., 1]
     col0 = torch.floor(cx - r).clamp(0, WIDTH - pixels).long()
@@ -356,8 +356,8 @@ def render_batch(scenes, device="cpu", return_coverage=False):
     """Render scenes that share a frame count: uint8 [N, F, 256, 256, 3].
 
     With return_coverage, also each object's own alpha (before occlusion) as float32
-    [N, F, max_objects, 256, 256] (zeros for missing objects). Memory is about 30 MB per 17-frame
-    scene on the device: batch accordingly."""
+    [N, F, max_objects, 256, 256] (zeros for missing objects). Peak memory is about 60 MB per
+    17-frame scene on the device: batch accordingly (64 scenes per call suit a large GPU)."""
     scenes = list(scenes)
     if not scenes:
         raise WanInputError("scenes: expected at least one scene")
