@@ -6,6 +6,7 @@ continuation case is one 33-frame scene: the editor sees frames 0..16 and the se
 the ground truth is frames 16..32. Cases are small JSON records; videos are rendered on demand.
 """
 import json
+import numbers
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -36,6 +37,15 @@ EDIT_SHARES = {
 }
 NO_EDIT = "none"  # reconstruction: target = source
 NO_EDIT_EVERY = 8  # every 8th case is a reconstruction, on top of the shares
+# Objects in the source scene per edit type (None: the benchmark mix of one or two).
+SOURCE_OBJECTS = {
+    "recolour": 1,
+    "reshape": 1,
+    "recolour+reshape": 1,
+    "background": None,
+    "recolour-one-of-two": 2,
+    NO_EDIT: None,
+}
 EDIT_FRAMES = 17
 CONTINUATION_FRAMES = 33
 SEAM_FRAME = 16
@@ -169,13 +179,18 @@ def _edit(rng, source, edit_type):
     return replace(source, objects=tuple(objects)).validate(), index
 
 
+def _check_count(n):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise WanInputError(f"n: expected a number of cases >= 0, got {n!r}")
+
+
 def make_edit_cases(n, seed):
     """n edit cases (17 frames), the same for the same seed."""
+    _check_count(n)
     rng = np.random.default_rng([seed, 0])
     cases = []
     for i, edit_type in enumerate(edit_type_plan(n, rng)):
-        n_objects = {"recolour-one-of-two": 2, "background": None, NO_EDIT: None}.get(edit_type, 1)
-        source = sample_benchmark_scene(rng, n_objects=n_objects, frames=EDIT_FRAMES)
+        source = sample_benchmark_scene(rng, n_objects=SOURCE_OBJECTS[edit_type], frames=EDIT_FRAMES)
         target, index = _edit(rng, source, edit_type)
         cases.append(EditCase(f"edit-s{seed}-{i:04d}", edit_type, source, target, index))
     return cases
@@ -183,6 +198,7 @@ def make_edit_cases(n, seed):
 
 def make_continuation_cases(n, seed):
     """n continuation cases (33-frame scenes), the same for the same seed."""
+    _check_count(n)
     rng = np.random.default_rng([seed, 1])
     return [
         ContinuationCase(f"continuation-s{seed}-{i:04d}", sample_benchmark_scene(rng, frames=CONTINUATION_FRAMES))
