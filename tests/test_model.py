@@ -175,6 +175,30 @@ def test_image_branch_is_read_off_the_weights(tmp_path, model_type, image_dim):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("task", ["i2v-14B", "flf2v-14B", "t2i-14B"])
+def test_tiny_wan21_checkpoints_load_and_run(tiny_checkpoint, task):
+    """make_tiny_checkpoint writes the official files (the CLIP .pth and its tokenizer folder for
+    the image tasks); the CLIP tokens of the task's frames drive the DiT loaded from the folder."""
+    from wan.configs import WAN_CONFIGS
+    from wan.modules.clip import CLIPModel
+
+    config, ckpt = WAN_CONFIGS[task], tiny_checkpoint(task)
+    model = WanModel.from_pretrained(ckpt)
+    assert model.model_type == config.model_type and model.has_image_branch == ("clip_checkpoint" in config)
+    gen = torch.Generator().manual_seed(11)
+    x, ctx = torch.randn(16, 1, 4, 4, generator=gen), [torch.randn(5, model.text_dim, generator=gen)]
+    extra = {}
+    if model.has_image_branch:
+        assert os.path.isdir(os.path.join(ckpt, config.clip_tokenizer))
+        clip = CLIPModel(torch.float32, "cpu", os.path.join(ckpt, config.clip_checkpoint),
+                         os.path.join(ckpt, config.clip_tokenizer))
+        frames = [torch.rand(3, 1, 40, 56, generator=gen) * 2 - 1 for _ in range(2 if task == "flf2v-14B" else 1)]
+        extra = dict(clip_fea=clip.visual(frames), y=[torch.randn(20, 1, 4, 4, generator=gen)])
+    out = model([x], t=torch.tensor([500.0]), context=ctx, seq_len=4, **extra)[0]
+    assert out.shape == (16, 1, 4, 4) and torch.isfinite(out).all()
+
+
+@torch.no_grad()
 def test_batch_and_padding_do_not_change_outputs():
     model = tiny("t2v")
     gen = torch.Generator().manual_seed(2)
