@@ -165,3 +165,15 @@ def test_bad_inputs_fail_with_one_line(shared_weights, tmp_path):
         CLIPModel(torch.float32, "cpu", str(tmp_path / "dit.pth"))
     with pytest.raises(CheckpointError, match="not found"):
         CLIPModel(torch.float32, "cpu", str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_on_cuda_stays_close_to_fp32(shared_weights):
+    """The pipelines run the encoder in fp16 on the GPU (as the official one): the tokens stay
+    within fp16 rounding of the fp32 CPU result."""
+    _, _, _, pth = shared_weights
+    images = random_images()
+    exact = CLIPModel(torch.float32, "cpu", pth).visual(images)
+    half = CLIPModel(torch.float16, "cuda", pth).visual([u.cuda() for u in images])
+    assert half.dtype == torch.float16 and half.device.type == "cuda"
+    assert relative_error(half.float().cpu(), exact) < 5e-3

@@ -154,7 +154,7 @@ def test_clip_fea_is_required_exactly_by_the_image_branch():
         tiny_image_model("flf2v")([x], t=t, context=ctx, seq_len=8, clip_fea=random_clip_fea("i2v", gen), y=y)
     with pytest.raises(ValueError, match="needs image_dim"):
         WanModel(model_type="flf2v", dim=32, ffn_dim=64, num_heads=2, num_layers=1)
-    with pytest.raises(ValueError, match="only for i2v and flf2v"):
+    with pytest.raises(ValueError, match="for i2v and flf2v models only"):
         WanModel(model_type="t2v", dim=32, ffn_dim=64, num_heads=2, num_layers=1, image_dim=CLIP_DIM)
 
 

@@ -370,7 +370,7 @@ class WanModel(nn.Module):
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
         if image_dim is not None and model_type not in IMAGE_MODEL_TYPES:
-            raise ValueError(f"image_dim (the CLIP image branch) exists only for i2v and flf2v models, not {model_type}")
+            raise ValueError(f"image_dim (the CLIP image branch) is for i2v and flf2v models only, not {model_type}")
         if model_type == "flf2v" and image_dim is None:
             raise ValueError("an flf2v model needs image_dim (its CLIP image branch)")
         if dim % num_heads:
@@ -429,12 +429,12 @@ class WanModel(nn.Module):
     def config(self):
         return {name: getattr(self, name) for name in _CONFIG_FIELDS}
 
-    # ------------------------------------------------------------------ forward
     @property
     def has_image_branch(self):
         """Whether the model takes CLIP image tokens (Wan2.1 i2v / flf2v): forward needs clip_fea."""
         return self.img_emb is not None
 
+    # ------------------------------------------------------------------ forward
     def forward(self, x, t, context, seq_len, clip_fea=None, y=None):
         """x: list of [C_in, F, H, W] latents; t: [B] or per-token [B, seq_len] timesteps;
         context: list of [L_i, text_dim] text embeddings; seq_len: padded token count;

@@ -189,7 +189,8 @@ class PromptExtender:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _inputs(self, prompt, tar_lang, images):
+    def model_inputs(self, prompt, tar_lang, images):
+        """Token ids (and pixel values) of the chat for `prompt`, ready for generate()."""
         messages = build_messages(prompt, tar_lang, len(images))
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if not self.is_vl:
@@ -214,7 +215,7 @@ class PromptExtender:
             raise WanInputError(f"prompt extension with images needs a vision-language model "
                                 f"({', '.join(VL_MODEL_TYPES)}); {self.path} is a text model ({self.model_type})")
         model = self.load()
-        inputs = self._inputs(prompt, tar_lang, images).to(self.device)
+        inputs = self.model_inputs(prompt, tar_lang, images).to(self.device)
         log.info("extending the prompt (%d tokens in, %d images, up to %d new)", inputs["input_ids"].shape[1],
                  len(images), self.max_new_tokens)
         options = {"do_sample": False} if self.greedy else {}

@@ -12,7 +12,8 @@ import string
 import torch
 from transformers import CLIPVisionModelWithProjection, XLMRobertaTokenizer
 
-from ..modules.clip import CLIP_CHECKPOINT_NAME, CLIP_TOKENIZER_NAME, HEAD_DIM, clip_vision_config, hf_to_official_visual
+from ..modules.clip import (CLIP_CHECKPOINT_NAME, CLIP_TOKENIZER_NAME, HEAD_DIM, clip_vision_config,
+                            hf_to_official_visual)
 from ..utils.fileio import torch_save_atomic
 from .randomize import randomize_
 
