@@ -31,8 +31,7 @@ from ..errors import CheckpointError, WanInputError
 from ..utils.checkpoint import check_state_dict, load_into, load_pth, load_safetensors_dir
 
 __all__ = ["CLIPModel", "load_clip_image_encoder", "clip_from_official_state", "official_visual_shapes",
-           "hf_to_official_visual",
-           "CLIP_CHECKPOINT_NAME", "CLIP_TOKENIZER_NAME"]
+           "hf_to_official_visual", "CLIP_CHECKPOINT_NAME", "CLIP_TOKENIZER_NAME"]
 
 CLIP_CHECKPOINT_NAME = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 CLIP_TOKENIZER_NAME = "xlm-roberta-large"
