@@ -21,7 +21,12 @@ FULL_SIZE = {
                                     num_heads=40, num_layers=40),
     "wan21_t2v_1_3b_dit.json": dict(model_type="t2v", in_dim=16, out_dim=16, dim=1536, ffn_dim=8960,
                                     num_heads=12, num_layers=30),
+    "wan21_i2v_14b_dit.json": dict(model_type="i2v", in_dim=36, out_dim=16, dim=5120, ffn_dim=13824,
+                                   num_heads=40, num_layers=40, image_dim=1280),
+    "wan21_flf2v_14b_dit.json": dict(model_type="flf2v", in_dim=36, out_dim=16, dim=5120, ffn_dim=13824,
+                                     num_heads=40, num_layers=40, image_dim=1280),
 }
+CLIP_DIM = 20  # the tiny models' CLIP token width
 
 
 def manifest(name):
@@ -38,10 +43,21 @@ def test_full_size_keys_and_shapes_equal_official_manifest(name):
     assert ours == manifest(name)
 
 
-def tiny(model_type, in_dim=16, out_dim=16, seed=0):
+def tiny(model_type, in_dim=16, out_dim=16, seed=0, image_dim=None, text_len=16):
     model = WanModel(model_type=model_type, in_dim=in_dim, out_dim=out_dim, dim=32, ffn_dim=64, freq_dim=256,
-                     text_dim=24, num_heads=2, num_layers=2, text_len=16)
+                     text_dim=24, num_heads=2, num_layers=2, text_len=text_len, image_dim=image_dim)
     return randomize_(model, seed).eval()
+
+
+def tiny_image_model(model_type, seed=0, text_len=16):
+    """A tiny Wan2.1 i2v / flf2v model (with the CLIP image branch)."""
+    return tiny(model_type, 36, 16, seed=seed, image_dim=CLIP_DIM, text_len=text_len)
+
+
+def random_clip_fea(model_type, gen, samples=1):
+    """CLIP tokens: one image per sample for i2v, a (first, last) pair for flf2v."""
+    per_sample = 2 if model_type == "flf2v" else 1
+    return torch.randn(per_sample * samples, 257, CLIP_DIM, generator=gen)
 
 
 def diffusers_twin(model):
@@ -84,6 +100,102 @@ def test_parity_with_diffusers(model_type, in_dim, out_dim):
                   return_dict=False)[0][0]
     assert ours.shape == theirs.shape == (out_dim, 3, 6, 8)
     assert relative_error(ours, theirs) < 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("model_type", ["i2v", "flf2v"])
+def test_image_branch_parity_with_diffusers(model_type):
+    """Wan2.1 i2v / flf2v: the CLIP tokens through img_emb (flf2v: with emb_pos over the frame pair)
+    and the separate image attention in every block, against diffusers' image variant. diffusers
+    splits the context at a fixed 512 text tokens, so the model has text_len 512 here."""
+    model = tiny_image_model(model_type, text_len=512)
+    assert model.img_emb.emb_pos is not None if model_type == "flf2v" else model.img_emb.emb_pos is None
+    twin = diffusers_twin(model)
+    gen = torch.Generator().manual_seed(6)
+    x, y = torch.randn(16, 3, 6, 8, generator=gen), torch.randn(20, 3, 6, 8, generator=gen)
+    context, clip_fea = torch.randn(7, 24, generator=gen), random_clip_fea(model_type, gen)
+    t = torch.tensor([700.0])
+    ours = model([x], t=t, context=[context], seq_len=36, clip_fea=clip_fea, y=[y])[0]
+    theirs = twin(torch.cat([x, y])[None], timestep=t, encoder_hidden_states=padded_context(context, 512)[None],
+                  encoder_hidden_states_image=clip_fea, return_dict=False)[0][0]
+    assert relative_error(ours, theirs) < 1e-5
+    # the image tokens matter: other CLIP tokens give another velocity
+    other = model([x], t=t, context=[context], seq_len=36, clip_fea=random_clip_fea(model_type, gen), y=[y])[0]
+    assert relative_error(other, ours) > 1e-4  # 100x the parity tolerance above
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("model_type", ["i2v", "flf2v"])
+def test_one_clip_fea_for_several_contexts_equals_it_repeated(model_type):
+    """CFG passes share the image: one clip_fea (flf2v: one frame pair) serves every context."""
+    model = tiny_image_model(model_type)
+    gen = torch.Generator().manual_seed(9)
+    x, y = torch.randn(16, 2, 4, 4, generator=gen), torch.randn(20, 2, 4, 4, generator=gen)
+    ctx = [torch.randn(5, 24, generator=gen), torch.randn(9, 24, generator=gen)]
+    clip_fea = random_clip_fea(model_type, gen)
+    t = torch.tensor([700.0])
+    shared = model([x], t=t, context=ctx, seq_len=8, clip_fea=clip_fea, y=[y])
+    repeated = model([x, x], t=t.repeat(2), context=ctx, seq_len=8, clip_fea=torch.cat([clip_fea] * 2), y=[y, y])
+    for a, b in zip(shared, repeated):
+        assert relative_error(a, b) < 1e-6
+    with pytest.raises(ValueError, match="for 2 contexts"):
+        model([x], t=t, context=ctx, seq_len=8, clip_fea=random_clip_fea(model_type, gen, samples=3), y=[y])
+
+
+def test_clip_fea_is_required_exactly_by_the_image_branch():
+    gen = torch.Generator().manual_seed(10)
+    x, y, ctx = torch.randn(16, 2, 4, 4), [torch.randn(20, 2, 4, 4)], [torch.randn(5, 24)]
+    t = torch.tensor([500.0])
+    with pytest.raises(ValueError, match="pass clip_fea"):
+        tiny_image_model("i2v")([x], t=t, context=ctx, seq_len=8, y=y)
+    with pytest.raises(ValueError, match="no CLIP image branch"):  # Wan2.2 i2v
+        tiny("i2v", 36, 16)([x], t=t, context=ctx, seq_len=8, clip_fea=random_clip_fea("i2v", gen), y=y)
+    with pytest.raises(ValueError, match="frame pairs of 257 tokens"):
+        tiny_image_model("flf2v")([x], t=t, context=ctx, seq_len=8, clip_fea=random_clip_fea("i2v", gen), y=y)
+    with pytest.raises(ValueError, match="needs image_dim"):
+        WanModel(model_type="flf2v", dim=32, ffn_dim=64, num_heads=2, num_layers=1)
+    with pytest.raises(ValueError, match="for i2v and flf2v models only"):
+        WanModel(model_type="t2v", dim=32, ffn_dim=64, num_heads=2, num_layers=1, image_dim=CLIP_DIM)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("model_type,image_dim", [("i2v", None), ("i2v", CLIP_DIM), ("flf2v", CLIP_DIM)])
+def test_image_branch_is_read_off_the_weights(tmp_path, model_type, image_dim):
+    """Wan2.1 and Wan2.2 i2v checkpoints both say model_type "i2v": the loader builds the image
+    branch exactly when the weights hold it, from the official and the diffusers layout alike."""
+    model = tiny(model_type, 36, 16, image_dim=image_dim)
+    model.save_pretrained(tmp_path / "official")
+    diffusers_twin(model).save_pretrained(tmp_path / "transformer")
+    for loaded in (WanModel.from_pretrained(str(tmp_path / "official")),
+                   WanModel.from_pretrained(str(tmp_path), subfolder="transformer")):
+        assert (loaded.model_type, loaded.image_dim) == (model_type, image_dim)
+        assert loaded.state_dict().keys() == model.state_dict().keys()
+        for k, v in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[k], v), k
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("task", ["i2v-14B", "flf2v-14B", "t2i-14B"])
+def test_tiny_wan21_checkpoints_load_and_run(tiny_checkpoint, task):
+    """make_tiny_checkpoint writes the official files (the CLIP .pth and its tokenizer folder for
+    the image tasks); the CLIP tokens of the task's frames drive the DiT loaded from the folder."""
+    from wan.configs import WAN_CONFIGS
+    from wan.modules.clip import CLIPModel
+
+    config, ckpt = WAN_CONFIGS[task], tiny_checkpoint(task)
+    model = WanModel.from_pretrained(ckpt)
+    assert model.model_type == config.model_type and model.has_image_branch == ("clip_checkpoint" in config)
+    gen = torch.Generator().manual_seed(11)
+    x, ctx = torch.randn(16, 1, 4, 4, generator=gen), [torch.randn(5, model.text_dim, generator=gen)]
+    extra = {}
+    if model.has_image_branch:
+        assert os.path.isdir(os.path.join(ckpt, config.clip_tokenizer))
+        clip = CLIPModel(torch.float32, "cpu", os.path.join(ckpt, config.clip_checkpoint),
+                         os.path.join(ckpt, config.clip_tokenizer))
+        frames = [torch.rand(3, 1, 40, 56, generator=gen) * 2 - 1 for _ in range(2 if task == "flf2v-14B" else 1)]
+        extra = dict(clip_fea=clip.visual(frames), y=[torch.randn(20, 1, 4, 4, generator=gen)])
+    out = model([x], t=torch.tensor([500.0]), context=ctx, seq_len=4, **extra)[0]
+    assert out.shape == (16, 1, 4, 4) and torch.isfinite(out).all()
 
 
 @torch.no_grad()
@@ -203,15 +315,20 @@ def test_ffn_chunking_matches_unchunked():
 
 
 @torch.no_grad()
-def test_compiled_blocks_trace_and_match():
-    """Each block's three sublayers must trace without graph breaks into one graph each; aot_eager
-    runs the traced graphs with eager kernels, so the output must match to float rounding."""
-    model = tiny("t2v")
-    x = torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(5))
+@pytest.mark.parametrize("image_branch", [False, True])
+def test_compiled_blocks_trace_and_match(image_branch):
+    """Each block's three sublayers must trace without graph breaks into one graph each (with the
+    image cross-attention too); aot_eager runs the traced graphs with eager kernels, so the output
+    must match to float rounding."""
+    gen = torch.Generator().manual_seed(5)
+    model = tiny_image_model("i2v") if image_branch else tiny("t2v")
+    x = torch.randn(16, 2, 4, 4, generator=gen)
+    extra = dict(clip_fea=random_clip_fea("i2v", gen), y=[torch.randn(20, 2, 4, 4, generator=gen)]) \
+        if image_branch else {}
     ctx = [torch.randn(5, 24)]
-    eager = model([x], t=torch.tensor([500.0]), context=ctx, seq_len=8)[0]
+    eager = model([x], t=torch.tensor([500.0]), context=ctx, seq_len=8, **extra)[0]
     model.compile_blocks(backend="aot_eager", fullgraph=True)
-    compiled = model([x], t=torch.tensor([500.0]), context=ctx, seq_len=8)[0]
+    compiled = model([x], t=torch.tensor([500.0]), context=ctx, seq_len=8, **extra)[0]
     assert relative_error(compiled, eager) < 1e-6
 
 

@@ -80,6 +80,22 @@ WAN_CONFIGS = {
                        vae_checkpoint="Wan2.1_VAE.pth", vae_stride=(4, 8, 8), dim=5120, ffn_dim=13824,
                        num_heads=40, num_layers=40, sample_shift=5.0, sample_steps=50, sample_guide_scale=5.0),
 }
+# Wan2.1 image-to-video (one config for the 480P and the 720P checkpoint) and first-last-frame:
+# one DiT with the CLIP image branch. The official CLI shifts the 480P sizes by 3.0, others by 5.0.
+_WAN21_14B = dict(vae_checkpoint="Wan2.1_VAE.pth", vae_stride=(4, 8, 8), dim=5120, ffn_dim=13824, num_heads=40,
+                  num_layers=40)
+_CLIP = dict(clip_model="clip_xlm_roberta_vit_h_14", clip_dtype=torch.float16,
+             clip_checkpoint="models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+             clip_tokenizer="xlm-roberta-large")
+WAN_CONFIGS["i2v-14B"] = _config("Config: Wan2.1 I2V 14B", _WAN21_14B, _CLIP, model_type="i2v", in_dim=36,
+                                 out_dim=16, sample_shift=5.0, sample_shift_by_size={"832*480": 3.0, "480*832": 3.0},
+                                 sample_steps=40, sample_guide_scale=5.0,
+                                 sample_neg_prompt="镜头晃动，" + SAMPLE_NEG_PROMPT)
+WAN_CONFIGS["flf2v-14B"] = _config("Config: Wan2.1 FLF2V 14B", _WAN21_14B, _CLIP, model_type="flf2v", in_dim=36,
+                                   out_dim=16, sample_shift=16.0, sample_steps=50, sample_guide_scale=5.0,
+                                   sample_neg_prompt="镜头切换，镜头晃动，" + SAMPLE_NEG_PROMPT)
+# Text-to-image runs the Wan2.1 T2V-14B checkpoint for one frame.
+WAN_CONFIGS["t2i-14B"] = Config(WAN_CONFIGS["t2v-14B"], __name__="Config: Wan2.1 T2I 14B", frame_num=1)
 # Video-to-video continuation runs the image-to-video models unchanged.
 WAN_CONFIGS["v2v-14B"] = Config(WAN_CONFIGS["i2v-A14B"], __name__="Config: Wan V2V 14B (I2V-A14B)")
 WAN_CONFIGS["v2v-5B"] = Config(WAN_CONFIGS["ti2v-5B"], __name__="Config: Wan V2V 5B (TI2V-5B)")
@@ -91,6 +107,7 @@ SIZE_CONFIGS = {
     "832*480": (832, 480),
     "704*1280": (704, 1280),
     "1280*704": (1280, 704),
+    "1024*1024": (1024, 1024),
 }
 
 MAX_AREA_CONFIGS = {size: w * h for size, (w, h) in SIZE_CONFIGS.items()}
@@ -104,4 +121,7 @@ SUPPORTED_SIZES = {
     "t2v-14B": _A14B_SIZES,
     "v2v-14B": _A14B_SIZES,
     "v2v-5B": ("704*1280", "1280*704"),
+    "i2v-14B": _A14B_SIZES,
+    "flf2v-14B": _A14B_SIZES,
+    "t2i-14B": _A14B_SIZES + ("1024*1024",),
 }

@@ -1,4 +1,4 @@
-"""WanModel: the Wan2.1 / Wan2.2 diffusion transformer (t2v, i2v and ti2v variants).
+"""WanModel: the Wan2.1 / Wan2.2 diffusion transformer (t2v, i2v, flf2v and ti2v variants).
 
 Numerics follow the official model (WAN_REFERENCE.md section 2): the residual stream, the
 modulation and the output head run in fp32; linear layers and attention run in the weights' dtype.
@@ -7,6 +7,10 @@ Two things are done more cheaply than the reference, with identical results (tes
   instead of building a [B, L, 6, dim] tensor (9 GB for A14B at 720p);
 - the RoPE cos/sin table for a token grid is built once and cached, in fp32, instead of complex
   float64 arithmetic on every call.
+Wan2.1's image models (i2v, flf2v) also see the image through CLIP: `img_emb` turns the CLIP
+encoder's tokens into context tokens placed before the text, and every block's cross-attention
+attends to the image part with its own keys and values. Wan2.2's i2v models have no such branch
+(`model_type` is "i2v" for both): `from_pretrained` tells them apart by the weights.
 With `set_sequence_parallel(plan)` (wan.distributed.ulysses) the tokens are split across ranks after
 the patch embedding and self-attention goes through the plan's all-to-all; None (the default) runs
 everything in this process.
@@ -28,6 +32,11 @@ from .convert import diffusers_config_to_official, diffusers_to_official_keys
 __all__ = ["WanModel", "sinusoidal_embedding_1d"]
 
 ROPE_MAX_POSITIONS = 1024
+MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
+IMAGE_MODEL_TYPES = ("i2v", "flf2v")  # the model types that may carry the CLIP image branch
+# Tokens per image from the CLIP encoder (class token + 16 x 16 patches). flf2v models learn a
+# position table over the first frame's and the last frame's tokens together.
+CLIP_IMAGE_TOKENS = 257
 # Inductor settings for the compiled blocks, measured on an H200 (docs/PERFORMANCE.md): the
 # coordinate-descent search tunes the generated kernels' block sizes (0.808 -> 0.801 s for the TI2V
 # 121f forward, for ~15 s more first compile; GPU (Triton) code only). Not `triton.multi_kernel`,
@@ -186,18 +195,75 @@ class WanSelfAttention(nn.Module):
 class WanCrossAttention(WanSelfAttention):
     def forward(self, x, context):
         q = self._heads(self.norm_q(self.q(x))).to(x.dtype)
-        k = self._heads(self.norm_k(self.k(context))).to(x.dtype)
-        v = self._heads(self.v(context))
-        return self.o(attention(q, k, v).flatten(2))
+        return self.o(self._attend(q, context, self.k, self.norm_k, self.v).flatten(2))
+
+    def _attend(self, q, context, k_proj, k_norm, v_proj):
+        k = self._heads(k_norm(k_proj(context))).to(q.dtype)
+        return attention(q, k, self._heads(v_proj(context)))
+
+
+class WanImageCrossAttention(WanCrossAttention):
+    """Cross-attention of Wan2.1's image models. The context is [image tokens; text_len text
+    tokens]: the queries attend to each part in its own softmax, the image part through its own
+    key and value projections (k_img, v_img, norm_k_img), and the two results are summed before
+    the output projection."""
+
+    def __init__(self, dim, num_heads, text_len, qk_norm=True, eps=1e-6):
+        super().__init__(dim, num_heads, (-1, -1), qk_norm, eps)
+        self.text_len = text_len
+        self.k_img = nn.Linear(dim, dim)
+        self.v_img = nn.Linear(dim, dim)
+        self.norm_k_img = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x, context):
+        image, text = context[:, :-self.text_len], context[:, -self.text_len:]
+        q = self._heads(self.norm_q(self.q(x))).to(x.dtype)
+        out = (self._attend(q, text, self.k, self.norm_k, self.v)
+               + self._attend(q, image, self.k_img, self.norm_k_img, self.v_img))
+        return self.o(out.flatten(2))
+
+
+class ImageEmbedding(nn.Module):
+    """CLIP image tokens -> context tokens: LayerNorm, Linear, exact GELU, Linear, LayerNorm (the
+    official `img_emb.proj`). An flf2v model first adds `emb_pos`, a learned table over a first
+    frame's and a last frame's tokens taken as one sequence.
+
+    The LayerNorms run in fp32 and the linear layers in the weights' dtype, as under the
+    reference's autocast."""
+
+    def __init__(self, image_dim, dim, pos_len=None):
+        super().__init__()
+        self.proj = nn.Sequential(WanLayerNorm(image_dim, eps=1e-5), nn.Linear(image_dim, image_dim), nn.GELU(),
+                                  nn.Linear(image_dim, dim), WanLayerNorm(dim, eps=1e-5))
+        self.emb_pos = None if pos_len is None else nn.Parameter(torch.zeros(1, pos_len, image_dim))
+
+    def forward(self, features):
+        """features: [N, tokens, image_dim] CLIP tokens -> [N, tokens, dim] fp32; flf2v: N images in
+        (first, last) pairs -> [N / 2, 2 * tokens, dim]."""
+        features = features.float()
+        if self.emb_pos is not None:
+            pair = self.emb_pos.shape[1]
+            if features.shape[0] % 2 or 2 * features.shape[1] != pair:
+                raise ValueError(f"an flf2v model needs clip_fea as (first, last) frame pairs of {pair // 2} "
+                                 f"tokens each, got {tuple(features.shape)}")
+            features = features.reshape(-1, pair, features.shape[-1]) + self.emb_pos.float()
+        norm_in, first, gelu, second, norm_out = self.proj
+        return norm_out(second(gelu(first(norm_in(features).to(first.weight.dtype)))))
 
 
 class WanAttentionBlock(nn.Module):
-    def __init__(self, dim, ffn_dim, num_heads, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6):
+    def __init__(self, dim, ffn_dim, num_heads, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
+                 image_text_len=None):
+        """image_text_len: set for models with the CLIP image branch, whose context is [image
+        tokens; image_text_len text tokens]; None: the context is text only."""
         super().__init__()
         self.norm1 = WanLayerNorm(dim, eps, elementwise_affine=False)
         self.self_attn = WanSelfAttention(dim, num_heads, window_size, qk_norm, eps)
         self.norm3 = WanLayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
-        self.cross_attn = WanCrossAttention(dim, num_heads, (-1, -1), qk_norm, eps)
+        if image_text_len is None:
+            self.cross_attn = WanCrossAttention(dim, num_heads, (-1, -1), qk_norm, eps)
+        else:
+            self.cross_attn = WanImageCrossAttention(dim, num_heads, image_text_len, qk_norm, eps)
         self.norm2 = WanLayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
@@ -297,26 +363,38 @@ class RotaryTable:
 class WanModel(nn.Module):
     def __init__(self, model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=2048, ffn_dim=8192,
                  freq_dim=256, text_dim=4096, out_dim=16, num_heads=16, num_layers=32, window_size=(-1, -1),
-                 qk_norm=True, cross_attn_norm=True, eps=1e-6):
+                 qk_norm=True, cross_attn_norm=True, eps=1e-6, image_dim=None):
+        """image_dim: width of the CLIP image tokens for Wan2.1's i2v and flf2v models (1280),
+        which adds the image branch; None (the default) builds none, as Wan2.2's i2v models."""
         super().__init__()
-        if model_type not in ("t2v", "i2v", "ti2v"):
-            raise ValueError(f"model_type must be t2v, i2v or ti2v, got {model_type!r}")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+        if image_dim is not None and model_type not in IMAGE_MODEL_TYPES:
+            raise ValueError(f"image_dim (the CLIP image branch) is for i2v and flf2v models only, not {model_type}")
+        if model_type == "flf2v" and image_dim is None:
+            raise ValueError("an flf2v model needs image_dim (its CLIP image branch)")
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.model_type, self.patch_size, self.text_len = model_type, tuple(patch_size), text_len
         self.in_dim, self.dim, self.ffn_dim, self.freq_dim = in_dim, dim, ffn_dim, freq_dim
         self.text_dim, self.out_dim, self.num_heads, self.num_layers = text_dim, out_dim, num_heads, num_layers
         self.window_size, self.qk_norm, self.cross_attn_norm, self.eps = window_size, qk_norm, cross_attn_norm, eps
+        self.image_dim = image_dim
 
         self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=patch_size, stride=patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        image_text_len = None if image_dim is None else text_len
         self.blocks = nn.ModuleList([
-            WanAttentionBlock(dim, ffn_dim, num_heads, window_size, qk_norm, cross_attn_norm, eps)
+            WanAttentionBlock(dim, ffn_dim, num_heads, window_size, qk_norm, cross_attn_norm, eps, image_text_len)
             for _ in range(num_layers)
         ])
         self.head = Head(dim, out_dim, patch_size, eps)
+        if image_dim is None:
+            self.img_emb = None
+        else:
+            self.img_emb = ImageEmbedding(image_dim, dim, 2 * CLIP_IMAGE_TOKENS if model_type == "flf2v" else None)
         self._rope_cache = {}
         self.sequence_parallel = None
 
@@ -351,18 +429,29 @@ class WanModel(nn.Module):
     def config(self):
         return {name: getattr(self, name) for name in _CONFIG_FIELDS}
 
+    @property
+    def has_image_branch(self):
+        """Whether the model takes CLIP image tokens (Wan2.1 i2v / flf2v): forward needs clip_fea."""
+        return self.img_emb is not None
+
     # ------------------------------------------------------------------ forward
-    def forward(self, x, t, context, seq_len, y=None):
+    def forward(self, x, t, context, seq_len, clip_fea=None, y=None):
         """x: list of [C_in, F, H, W] latents; t: [B] or per-token [B, seq_len] timesteps;
         context: list of [L_i, text_dim] text embeddings; seq_len: padded token count;
-        y: optional list of conditioning latents concatenated to x on channels (i2v).
+        clip_fea: CLIP image tokens [N, 257, image_dim], for models with the image branch only:
+        one image per context, or one for all of them (i2v); flf2v: (first, last) frame pairs;
+        y: optional list of conditioning latents concatenated to x on channels (i2v, flf2v).
         Returns a list of fp32 velocities [C_out, F, H, W], one per context.
 
         One latent (with its t and y) may go with several contexts, as in classifier-free
         guidance: everything before the first cross-attention, block 0's self-attention included,
         then runs once for all of them instead of once per context."""
-        if self.model_type == "i2v" and y is None:
-            raise ValueError("an i2v WanModel needs the conditioning latents y")
+        if self.model_type in IMAGE_MODEL_TYPES and y is None:
+            raise ValueError(f"an {self.model_type} WanModel needs the conditioning latents y")
+        if self.has_image_branch and clip_fea is None:
+            raise ValueError(f"this {self.model_type} WanModel has a CLIP image branch: pass clip_fea")
+        if not self.has_image_branch and clip_fea is not None:
+            raise ValueError(f"this {self.model_type} WanModel has no CLIP image branch: clip_fea must be None")
         if len(x) not in (1, len(context)):
             raise ValueError(f"got {len(x)} latents for {len(context)} contexts: pass one latent per context, "
                              "or one latent for all of them")
@@ -380,7 +469,7 @@ class WanModel(nn.Module):
         del tokens  # views of the bf16 patch embedding: 0.8 GB for A14B at 720p, not needed past here
 
         e, e0 = self._time_tables(t, len(x), seq_len, hidden.device, total)
-        context = self._embed_text(context)
+        context = self._embed_context(context, clip_fea)
         rope = self._rope(grids, total, hidden.device)
         if sp is not None:
             hidden, rope = sp.shard(hidden), RotaryTable(sp.shard(rope.cos), sp.shard(rope.sin))
@@ -457,6 +546,20 @@ class WanModel(nn.Module):
         ])
         return self.text_embedding(padded)
 
+    def _embed_context(self, context, clip_fea):
+        """Text embeddings, preceded by the image tokens for models with the image branch."""
+        text = self._embed_text(context)
+        if clip_fea is None:
+            return text
+        image = self.img_emb(clip_fea.to(text.device)).to(text.dtype)
+        if image.shape[0] == 1:
+            image = image.expand(len(text), -1, -1)
+        elif image.shape[0] != len(text):
+            per_image = "frame pairs" if self.model_type == "flf2v" else "images"
+            raise ValueError(f"clip_fea holds {image.shape[0]} {per_image} for {len(text)} contexts: pass one per "
+                             "context, or one for all of them")
+        return torch.cat([image, text], dim=1)
+
     def _rope(self, grids, seq_len, device):
         key = (tuple(grids), seq_len, str(device))
         if key not in self._rope_cache:
@@ -494,7 +597,10 @@ class WanModel(nn.Module):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, device="cpu"):
         """Load an official Wan folder (config.json + diffusion_pytorch_model*.safetensors with the
-        official key names) or a diffusers `transformer/` folder (WanTransformer3DModel), strictly."""
+        official key names) or a diffusers `transformer/` folder (WanTransformer3DModel), strictly.
+
+        Wan2.1 and Wan2.2 i2v checkpoints both say model_type "i2v"; only Wan2.1's hold the CLIP
+        image branch (`img_emb.*`), so it is built when the weights have it."""
         folder = pretrained_model_name_or_path
         if subfolder:
             folder = os.path.join(folder, subfolder)
@@ -511,8 +617,13 @@ class WanModel(nn.Module):
             kwargs = {k: config[k] for k in _CONFIG_FIELDS if k in config}
         if "text_embedding.0.weight" in state:  # text_dim is not saved in config.json; read it off the weights
             kwargs["text_dim"] = state["text_embedding.0.weight"].shape[1]
-        with torch.device("meta"):
-            model = cls(**kwargs)
+        if kwargs.get("model_type") in IMAGE_MODEL_TYPES and "img_emb.proj.0.weight" in state:
+            kwargs["image_dim"] = state["img_emb.proj.0.weight"].shape[0]
+        try:
+            with torch.device("meta"):
+                model = cls(**kwargs)
+        except ValueError as exc:
+            raise CheckpointError(f"{config_path}: {exc}") from None
         load_into(model, state, source=folder, dtype=torch_dtype or torch.float32)
         return model.to(device).eval().requires_grad_(False)
 
