@@ -44,11 +44,7 @@ def _read(part, component):
     """The part's tensors with the component's prefix removed, and the file metadata."""
     source = _source(part)
     tensors, metadata = read_tensors(source, what=f"{component} weights")
-    if getattr(part, "prefix", None) is not None:
-        prefix = part.prefix
-        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    else:
-        tensors, _ = component_subset(tensors, component, source)
+    tensors, _ = component_subset(tensors, component, source)
     return tensors, metadata, source
 
 
@@ -68,9 +64,9 @@ def read_dit(part):
     shapes (config.json only for what shapes cannot show: head count, eps, text_len) and facts:
     `variant`, `image_branch` (None, "clip" or "clip+pos"), `role`, `storage`, `source`."""
     tensors, metadata, source = _read(part, "dit")
-    if "scale_shift_table" in tensors and "head.modulation" not in tensors:
-        tensors = diffusers_to_official_keys(tensors)
     state = resolve_fp8(tensors, metadata, source)
+    if "scale_shift_table" in state and "head.modulation" not in state:
+        state = diffusers_to_official_keys(state)
     config = dit_config(state, getattr(part, "config", None) or {}, source)
     config["role"] = getattr(part, "role", None)
     config["variant"] = dit_variant(config)
@@ -194,14 +190,18 @@ def read_vae(part, dtype=torch.float32):
     """(state, config) of a VAE part in official names; config: version, dim, dec_dim, z_dim, and
     the latent mean/std when the part carries them (diffusers' vae/config.json)."""
     tensors, metadata, source = _read(part, "vae")
-    if "decoder.conv_in.weight" in tensors:
-        tensors = diffusers_vae_to_official(tensors, source)
     state = dequantized(resolve_fp8(tensors, metadata, source), dtype)
+    if "decoder.conv_in.weight" in state:
+        state = diffusers_vae_to_official(state, source)
     config = vae_config(state, source)
+    config["source"] = source
     part_config = getattr(part, "config", None) or {}
     for ours, theirs in (("mean", "latents_mean"), ("std", "latents_std")):
         if part_config.get(theirs) is not None:
             config[ours] = list(part_config[theirs])
+            if len(config[ours]) != config["z_dim"]:
+                raise CheckpointError(f"{source}: config {theirs} has {len(config[ours])} values for "
+                                      f"{config['z_dim']} latent channels")
     network = official_vae_network(config["version"], config["dim"], config["z_dim"], config["dec_dim"])
     check_state_dict({k: v.shape for k, v in network.state_dict().items()}, state, source)
     log.info("VAE %s: Wan%s VAE, %d latent channels, %s", source, config["version"], config["z_dim"],
@@ -227,11 +227,11 @@ def read_t5(part, dtype=torch.bfloat16):
     A ComfyUI file's embedded tokenizer (`spiece_model`) is left out; see sources.tokenizer_folder."""
     tensors, metadata, source = _read(part, "t5")
     tensors.pop(T5_SPIECE_KEY, None)
-    if "token_embd.weight" in tensors:
-        tensors = {t5_gguf_to_hf_name(k): v for k, v in tensors.items()}
-    if "token_embedding.weight" not in tensors:
-        tensors = hf_t5_to_official(tensors, source)
     state = dequantized(resolve_fp8(tensors, metadata, source), dtype)
+    if "token_embd.weight" in state:
+        state = {t5_gguf_to_hf_name(k): v for k, v in state.items()}
+    if "token_embedding.weight" not in state:
+        state = hf_t5_to_official(state, source)
     dims = infer_t5_dims(state, source)
     check_state_dict(official_t5_shapes(**dims), state, source)
     log.info("T5 %s: %d layers, dim %d, %s", source, dims["num_layers"], dims["dim"], describe_storage(state))
