@@ -484,3 +484,55 @@ def test_expert_pair_from_single_files(tmp_path, caplog):
     with pytest.raises(CheckpointError) as err:
         locate(str(tmp_path / "nowhere"))
     one_line(err)
+
+
+# ------------------------------------------------------------------------------------------ convert
+def test_convert_official_to_diffusers_loads_in_diffusers_and_back(tmp_path, tiny_checkpoint):
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    from wan.modules.convert import official_to_diffusers_keys
+    from wan.modules.t5 import official_to_hf_names
+    from wan.tools.convert import convert
+
+    source = tiny_checkpoint("ti2v-5B")
+    out = str(tmp_path / "diffusers")
+    convert(source, out, "diffusers", dtype=torch.float32)
+    original = WanModel.from_pretrained(source).state_dict()
+    transformer, info = WanTransformer3DModel.from_pretrained(os.path.join(out, "transformer"),
+                                                              output_loading_info=True)
+    assert not any(info.values())  # no missing, unexpected or mismatched keys in diffusers' own loader
+    assert_same_tensors(transformer.state_dict(), official_to_diffusers_keys(original))
+    vae, info = AutoencoderKLWan.from_pretrained(os.path.join(out, "vae"), output_loading_info=True)
+    assert not any(info.values()) and vae.config.z_dim == 48
+    encoder = UMT5EncoderModel.from_pretrained(os.path.join(out, "text_encoder"))
+    t5 = torch.load(os.path.join(source, T5_CHECKPOINT_NAME), weights_only=True)
+    names = official_to_hf_names(2)
+    assert all(torch.equal(encoder.state_dict()[names[k]], v.float()) for k, v in t5.items())
+    back = str(tmp_path / "official")
+    convert(out, back, "official", dtype=torch.float32)
+    assert_same_tensors(WanModel.from_pretrained(back).state_dict(), original)
+    assert_same_tensors(torch.load(os.path.join(back, "Wan2.2_VAE.pth"), weights_only=True),
+                        torch.load(os.path.join(source, "Wan2.2_VAE.pth"), weights_only=True))
+
+
+def test_convert_cli_merges_a_lora_into_a_single_file(tmp_path, dit):
+    from safetensors.torch import load_file
+
+    from wan.tools.convert import main
+
+    source = tf.write_gguf(dit.state_dict(), str(tmp_path / "wan-F16.gguf"), qtype="F16")
+    gen = torch.Generator().manual_seed(0)
+    down, up = torch.randn(4, 256, generator=gen), torch.randn(512, 4, generator=gen)
+    lora = tf.save_safetensors({"diffusion_model.blocks.1.ffn.0.lora_down.weight": down,
+                                "diffusion_model.blocks.1.ffn.0.lora_up.weight": up,
+                                "diffusion_model.blocks.1.ffn.0.alpha": torch.tensor(2.0)},
+                               str(tmp_path / "style.safetensors"))
+    out = str(tmp_path / "merged.safetensors")
+    main(["-", out, "--to", "single-file", "--dit", source, "--lora", f"{lora}:0.5", "--dtype", "fp32",
+          "--prefix", "model.diffusion_model."])
+    merged = load_file(out)
+    base = read_dit(Part("DiT", source, "gguf"))[0]
+    key = "blocks.1.ffn.0.weight"
+    torch.testing.assert_close(merged["model.diffusion_model." + key], base[key].float() + 0.5 * 0.5 * up @ down)
+    assert torch.equal(merged["model.diffusion_model.blocks.0.ffn.0.weight"], base["blocks.0.ffn.0.weight"].float())

@@ -317,7 +317,7 @@ def apply_lora(model, source, strength=1.0, mode="auto", reversible=True):
     return handle
 
 
-def apply_loras(experts, specs, mode="auto"):
+def apply_loras(experts, specs, mode="auto", reversible=True):
     """Apply LoraSpecs to DiT experts ({'main': model} or {'high': ..., 'low': ...}); returns the
     handles in application order. A spec for one expert on a single-DiT model is an error; a spec
     for every expert whose file name names one expert is applied as asked, with a warning."""
@@ -337,5 +337,5 @@ def apply_loras(experts, specs, mode="auto"):
             raise WanInputError(f"LoRA {spec.source} is for the {spec.expert}-noise expert, but the model has "
                                 f"{', '.join(experts)} DiT(s)")
         for model in targets:
-            handles.append(apply_lora(model, spec.source, spec.strength, mode=mode))
+            handles.append(apply_lora(model, spec.source, spec.strength, mode=mode, reversible=reversible))
     return handles
