@@ -176,9 +176,6 @@ class GGUFWeight(QuantizedWeight):
             raise CheckpointError(f"a {self.qtype} tensor of shape {list(self.shape)} cannot be a linear weight")
         return GGUFLinear(self.raw, self.qtype, self.shape, bias)
 
-    def nbytes(self):
-        return self.raw.numel()
-
 
 class GGUFLinear(QuantizedLinear):
     """A linear layer keeping its GGUF blocks; dequantised on its device in each forward."""

@@ -31,7 +31,7 @@ from .files import read_tensors
 log = logging.getLogger(__name__)
 
 # Longest first, so 'model.diffusion_model.' wins over 'model.'
-PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer.", "pipe.dit.", "dit.")
+PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer.", "pipe.dit.")
 UNDERSCORE_PREFIXES = ("lora_unet__", "lora_unet_", "lycoris_")
 # suffix -> (entry field, parameter of the module it changes)
 SUFFIXES = (

@@ -28,9 +28,6 @@ class QuantizedWeight:
     def as_linear(self, bias):
         raise NotImplementedError
 
-    def nbytes(self):
-        raise NotImplementedError
-
     def __repr__(self):
         return f"{type(self).__name__}({self.kind}, shape={list(self.shape)})"
 
@@ -56,9 +53,6 @@ class ScaledFP8Weight(QuantizedWeight):
 
     def as_linear(self, bias):
         return ScaledFP8Linear(self.data, self.scale, bias)
-
-    def nbytes(self):
-        return self.data.numel() * self.data.element_size()
 
 
 class QuantizedLinear(nn.Module):

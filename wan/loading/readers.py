@@ -9,6 +9,7 @@ Quantised tensors (GGUF blocks, fp8 with scales) stay quantised in the DiT state
 values; build.build_dit turns them into layers that dequantise per forward) and are dequantised one
 tensor at a time, straight into the requested dtype, for the VAE and the text encoder.
 """
+import inspect
 import logging
 import math
 import re
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 
 HEAD_DIM = 128  # every released Wan DiT; the head count is not visible in the weights
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
-# WanModel arguments that config.json files carry and the weights cannot show
-_FROM_CONFIG = ("num_heads", "eps", "text_len")
+# WanModel arguments that config.json files carry and the weights cannot show (besides the head count)
+_FROM_CONFIG = ("eps", "text_len")
 T5_SPIECE_KEY = "spiece_model"  # ComfyUI text-encoder files carry the tokenizer as a uint8 tensor
 
 
@@ -113,7 +114,7 @@ def dit_config(state, file_config, source):
                                   "inferred; load it from a folder with its config.json")
         heads = dim // HEAD_DIM
     config["num_heads"] = heads
-    for name in _FROM_CONFIG[1:]:
+    for name in _FROM_CONFIG:
         if name in file_config:
             config[name] = file_config[name]
     return config
@@ -142,8 +143,6 @@ def dit_variant(config):
 
 def wan_model_arguments(config):
     """The WanModel constructor arguments among `config`'s entries."""
-    import inspect
-
     accepted = inspect.signature(WanModel.__init__).parameters
     return {k: v for k, v in config.items() if k in accepted}
 
