@@ -23,11 +23,10 @@ from wan.modules import vae2_1, vae2_2
 from wan.modules.model import WanModel
 from wan.tools import tiny_formats as tf
 from wan.tools.randomize import randomize_
-from wan.tools.tiny_t5 import T5_CHECKPOINT_NAME, T5_TOKENIZER_NAME, tiny_t5_state, write_tiny_t5
+from wan.tools.tiny_t5 import T5_CHECKPOINT_NAME, T5_TOKENIZER_NAME, write_tiny_t5
 
 gguf = pytest.importorskip("gguf")  # a declared dependency; named here so a missing install reads clearly
 
-TINY_ARGS = {k: v for k, v in tf.TINY_DIT.items()}
 MANIFESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "manifests")
 
 
@@ -403,7 +402,7 @@ def test_gguf_dit_keeps_blocks_and_dequantises_per_layer(tmp_path, dit, qtype):
         assert torch.equal(layer.weight_as(torch.float32), torch.from_numpy(expected))
         assert not any(isinstance(m, torch.nn.Linear) for m in model.blocks.modules())  # every block linear kept
     # The same network with every tensor dequantised up front by the gguf package: equal outputs.
-    reference = WanModel(**{k: v for k, v in TINY_ARGS.items()}, model_type="ti2v", in_dim=48, out_dim=48).eval()
+    reference = WanModel(**tf.TINY_DIT, model_type="ti2v", in_dim=48, out_dim=48).eval()
     reference.load_state_dict({name: torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy())
                                .reshape(dit.state_dict()[name].shape).float() for name, t in reader.items()})
     inputs = dit_input(dit, size=4)
@@ -464,6 +463,19 @@ def test_full_size_variants_are_named_from_shapes():
             model = WanModel(**{k: config[k] for k in ("model_type", "in_dim", "out_dim", "dim", "ffn_dim", "num_heads",
                                                         "num_layers")})
         assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == manifest(name)
+
+
+@pytest.mark.parametrize("name, variant, branch", [("wan21_i2v_14b_dit.json", "Wan2.1 I2V-14B", "clip"),
+                                                   ("wan21_flf2v_14b_dit.json", "Wan2.1 FLF2V-14B", "clip+pos")])
+def test_wan21_image_branch_is_detected_from_the_weights(name, variant, branch):
+    from wan.loading.readers import dit_config, dit_variant
+
+    state = {k: torch.empty(shape, device="meta") for k, shape in manifest(name).items()}
+    config = dit_config(state, {"model_type": "t2v", "added_kv_proj_dim": None}, name)  # configs are not trusted
+    assert config["image_branch"] == branch and config["in_dim"] == 36 and dit_variant(config) == variant
+    with pytest.raises(CheckpointError) as err:  # not a task that uses CLIP
+        check_dit_for_task({**config, "variant": variant}, WAN_CONFIGS["i2v-A14B"])
+    assert "CLIP image branch" in one_line(err)
 
 
 def test_expert_pair_from_single_files(tmp_path, caplog):

@@ -385,8 +385,7 @@ def _parts_inside_files(parts, given_vae, given_t5):
         keys = _safetensors_keys(main.path)
         for name, marker in AIO_PARTS.items():
             if marker in keys and getattr(parts, name) is None:
-                setattr(parts, name, Part(name.upper() if name == "t5" else "VAE", main.path, "safetensors",
-                                          "all-in-one"))
+                setattr(parts, name, Part({"vae": "VAE", "t5": "T5"}[name], main.path, "safetensors", "all-in-one"))
                 parts.missing.pop(name, None)
     if parts.tokenizer is None and parts.t5 is not None and parts.t5.container == "safetensors":
         if any(k.endswith(SPIECE_KEY) for k in _safetensors_keys(parts.t5.path)):
