@@ -135,14 +135,18 @@ def load_umt5_encoder(checkpoint_path, dtype=torch.bfloat16):
 
     Built on the meta device and filled by assignment, so the (mmapped) checkpoint tensors become the
     parameters and the 5.7B-parameter encoder is never held twice."""
-    state = load_pth(checkpoint_path, "T5 checkpoint")
-    dims = infer_t5_dims(state, checkpoint_path)
-    check_state_dict(official_t5_shapes(**dims), state, checkpoint_path)
+    return umt5_encoder_from_state(load_pth(checkpoint_path, "T5 checkpoint"), checkpoint_path, dtype)
+
+
+def umt5_encoder_from_state(state, source, dtype=torch.bfloat16):
+    """An official-key encoder state dict already in memory as an eval-mode HF UMT5EncoderModel."""
+    dims = infer_t5_dims(state, source)
+    check_state_dict(official_t5_shapes(**dims), state, source)
     names = official_to_hf_names(dims["num_layers"])
     hf_state = {names[k]: v for k, v in state.items()}
     hf_state[_TIED_EMBEDDING] = hf_state["shared.weight"]
     model = meta_umt5_encoder(umt5_config(**dims))
-    load_into(model, hf_state, checkpoint_path, dtype=dtype)
+    load_into(model, hf_state, source, dtype=dtype)
     # Assignment gave the two embedding names separate Parameters; share one module again so that
     # moving the model to a device copies the 2 GB table once.
     model.set_input_embeddings(model.shared)
@@ -163,6 +167,19 @@ class T5EncoderModel:
         if checkpoint_path is None or tokenizer_path is None:
             raise CheckpointError("T5EncoderModel needs checkpoint_path (the umt5 .pth) and tokenizer_path "
                                   "(the google/umt5-xxl folder)")
+        self._setup(text_len, dtype, device, checkpoint_path, tokenizer_path, shard_fn,
+                    lambda: load_umt5_encoder(checkpoint_path, dtype))
+
+    @classmethod
+    def from_state_dict(cls, state, tokenizer_path, text_len=512, dtype=torch.bfloat16, device="cpu", shard_fn=None,
+                        source="T5 state dict"):
+        """The encoder from an official-key state dict already in memory (e.g. wan.loading.read_t5)."""
+        encoder = cls.__new__(cls)
+        encoder._setup(text_len, dtype, device, source, tokenizer_path, shard_fn,
+                       lambda: umt5_encoder_from_state(state, source, dtype))
+        return encoder
+
+    def _setup(self, text_len, dtype, device, checkpoint_path, tokenizer_path, shard_fn, build):
         self.text_len = text_len
         self.dtype = dtype
         self.device = torch.device(device)
@@ -170,7 +187,7 @@ class T5EncoderModel:
         self.tokenizer_path = tokenizer_path
         # Tokenizer first: a missing folder fails before gigabytes of weights are read.
         self.tokenizer = HuggingfaceTokenizer(name=tokenizer_path, seq_len=text_len, clean="whitespace")
-        model = load_umt5_encoder(checkpoint_path, dtype)
+        model = build()
         if shard_fn is not None:
             self.model = shard_fn(model, sync_module_states=False)
         else:

@@ -89,7 +89,9 @@ class Wan2_1_VAE(VideoVAEWrapper):
     spatial_stride = 8
 
     def __init__(self, z_dim=16, vae_pth="cache/vae_step_411000.pth", dtype=torch.float, device="cuda"):
-        state = read_vae_state(vae_pth, "Wan2.1 VAE")
+        self._load(read_vae_state(vae_pth, "Wan2.1 VAE"), vae_pth, z_dim, dtype, device)
+
+    def _load(self, state, source, z_dim, dtype, device, mean=MEAN, std=STD):
         dim = width_of(state, "encoder.conv1.weight", 0, 96)
-        model = load_vae(lambda: WanVAE_(dim=dim, z_dim=z_dim), state, vae_pth, z_dim, dtype, device)
-        self._setup(model, MEAN, STD, z_dim, dtype, device)
+        model = load_vae(lambda: WanVAE_(dim=dim, z_dim=z_dim), state, source, z_dim, dtype, device)
+        self._setup(model, mean, std, z_dim, dtype, device)

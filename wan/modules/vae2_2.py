@@ -199,7 +199,11 @@ class Wan2_2_VAE(VideoVAEWrapper):
 
     def __init__(self, z_dim=48, c_dim=160, vae_pth=None, dim_mult=(1, 2, 4, 4),
                  temperal_downsample=(False, True, True), dtype=torch.float, device="cuda"):
-        state = read_vae_state(vae_pth, "Wan2.2 VAE")
+        self._load(read_vae_state(vae_pth, "Wan2.2 VAE"), vae_pth, z_dim, dtype, device, c_dim=c_dim,
+                   dim_mult=dim_mult, temperal_downsample=temperal_downsample)
+
+    def _load(self, state, source, z_dim, dtype, device, mean=MEAN, std=STD, c_dim=160, dim_mult=(1, 2, 4, 4),
+              temperal_downsample=(False, True, True)):
         dim = width_of(state, "encoder.conv1.weight", 0, c_dim)
         dec_dim = width_of(state, "decoder.head.2.weight", 1, 256 * dim_mult[0]) // dim_mult[0]
 
@@ -207,5 +211,5 @@ class Wan2_2_VAE(VideoVAEWrapper):
             return WanVAE_(dim=dim, dec_dim=dec_dim, z_dim=z_dim, dim_mult=dim_mult,
                            temperal_downsample=temperal_downsample)
 
-        model = load_vae(build, state, vae_pth, z_dim, dtype, device)
-        self._setup(model, MEAN, STD, z_dim, dtype, device)
+        model = load_vae(build, state, source, z_dim, dtype, device)
+        self._setup(model, mean, std, z_dim, dtype, device)

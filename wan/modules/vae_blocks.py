@@ -408,6 +408,19 @@ class VideoVAEWrapper:
     spatial_stride = 8
     in_channels = 3
 
+    @classmethod
+    def from_state_dict(cls, state, source="VAE state dict", dtype=torch.float, device="cpu", mean=None, std=None):
+        """The wrapper around a state dict already in memory (official key names, e.g. from
+        wan.loading.read_vae); the latent size is read from it, mean/std default to the official
+        constants."""
+        wrapper = cls.__new__(cls)
+        z_dim = width_of(state, "conv2.weight", 0, None)
+        if z_dim is None:
+            raise CheckpointError(f"{source} has no conv2.weight; not a Wan VAE state dict")
+        overrides = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+        wrapper._load(state, source, z_dim, dtype, device, **overrides)
+        return wrapper
+
     def _setup(self, model, mean, std, z_dim, dtype, device):
         self.model = model
         self.z_dim = z_dim
