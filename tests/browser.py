@@ -13,7 +13,11 @@ as root with apt). Use from a test module:
         assert outside_requests(requests) == []
 
 `launch_chromium(playwright)` starts one directly, e.g. for a web-UI test's own fixtures.
+
+Each module that imports the fixtures gets its own copy of them, but they share one Playwright and
+one browser per process: Playwright's sync API allows one running instance per thread.
 """
+import contextlib
 import os
 
 import pytest
@@ -52,17 +56,34 @@ def outside_requests(urls, allowed=LOCAL_SCHEMES):
     return [url for url in urls if not url.startswith(tuple(allowed))]
 
 
+_shared = {"users": 0}
+
+
+@contextlib.contextmanager
+def shared_chromium():
+    """The process' one headless Chromium, started on first use and closed when its last user is done."""
+    from playwright.sync_api import sync_playwright
+
+    if not _shared["users"]:
+        _shared["playwright"] = sync_playwright().start()
+        _shared["browser"] = launch_chromium(_shared["playwright"])
+    _shared["users"] += 1
+    try:
+        yield _shared["browser"]
+    finally:
+        _shared["users"] -= 1
+        if not _shared["users"]:
+            _shared.pop("browser").close()
+            _shared.pop("playwright").stop()
+
+
 @pytest.fixture(scope="session")
 def browser():
     reason = chromium_missing_reason()
     if reason:
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
+    with shared_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -128,7 +128,7 @@ class Report:
     def settings(self, settings, title="Settings"):
         """A key/value table; nested dicts (and dataclasses) become dotted keys, lists and tuples show as
         JSON."""
-        rows = [{"setting": key, "value": value} for key, value in _flatten(settings)]
+        rows = [{"setting": key, "value": "None" if value is None else value} for key, value in _flatten(settings)]
         return self.table(rows, title, ["setting", "value"])
 
     def timings(self, timings, title="Timings"):
@@ -140,9 +140,10 @@ class Report:
             rows = [{"stage": name, "seconds": seconds} for name, seconds in timings.items()]
         return self.table(rows, title)
 
-    def plot(self, series, title, xlabel="", ylabel="", logy=False):
-        """A line plot (inline SVG) of series: name -> ys or (xs, ys)."""
-        return self._add(line_plot(series, title, xlabel, ylabel, logy=logy))
+    def plot(self, series, title, xlabel="", ylabel="", logy=False, width=640, height=300):
+        """A line plot (inline SVG, `width` x `height` px) of series: name -> ys or (xs, ys); consecutive
+        plots sit side by side where the page is wide enough."""
+        return self._add(line_plot(series, title, xlabel, ylabel, width, height, logy))
 
     def environment(self, title="Environment"):
         """Python, library versions, code revision and GPUs of this process."""
