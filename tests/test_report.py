@@ -48,6 +48,7 @@ def report_dir(tmp_path):
     report.plot({"edge": [0.3, 0.2, None, 0.25], "gram": [1e-3, 2e-3, 1e-2, 5e-3]}, "TTLG losses", "frame",
                 "loss", logy=True)
     report.prompts({"prompt": "a <b>bold</b> cat\nsecond line", "extended prompt": None})
+    report.text("a <note>\n\nits second paragraph", "notes")
     report.settings({"model": {"dir": "/ckpt", "fingerprint": "abc123"}, "steps": 10, "size": (64, 48)})
     report.timings(timer)
     report.environment()
@@ -98,6 +99,8 @@ def test_page_is_static_and_escaped(report_dir):
     assert "<script" not in html.lower()
     assert "a &lt;b&gt;bold&lt;/b&gt; cat" in html and "first &lt;frame&gt;" in html
     assert "make &lt;inputs&gt;" in html  # stage names too
+    assert "<h3>notes</h3><p>a &lt;note&gt;</p><p>its second paragraph</p>" in html
+    assert "extended prompt" not in html  # a prompt that is None is left out
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
     for text in ("model.fingerprint", "abc123", "[64, 48]", "torch", "peak process RSS"):
         assert text in html, text

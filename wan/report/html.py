@@ -114,7 +114,7 @@ class Report:
         data = base64.b64encode(buffer.getvalue()).decode("ascii")
         return self._add(f'<figure><img src="data:image/png;base64,{data}" {_display_size(image.width, image.height)} '
                          f'alt="{escape(caption or "image")}">'
-                         f"<figcaption>{escape(caption or '')} ({details})</figcaption></figure>")
+                         f"<figcaption>{escape(f'{caption} ({details})' if caption else details)}</figcaption></figure>")
 
     def table(self, rows, title=None, columns=None):
         """rows: a list of dicts (columns: the union of their keys, in first-seen order, unless given)."""
