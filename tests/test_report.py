@@ -205,8 +205,9 @@ for record in timer.records.values():
 
 
 def test_stage_timer_times_and_peaks_on_the_cpu():
-    """In a fresh process (a test worker's RSS peak is whatever ran before): calls add up, nested
-    stages lie inside their outer stage, and the big allocation shows in its stage's peak."""
+    """In a fresh process (a test worker's RSS peak is whatever ran before it): calls add up, nested
+    stages lie inside their outer stage, and the big allocation shows in its stage's peak, not in
+    the parent's size (this test runs from a large pytest worker)."""
     result = subprocess.run([sys.executable, "-c", TIMER_SCRIPT], cwd=REPO, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
     assert result.returncode == 0, result.stderr
@@ -216,7 +217,7 @@ def test_stage_timer_times_and_peaks_on_the_cpu():
     assert records["repeated"][0] == 3 and records["outer"][0] == 1
     assert records["outer"][1] >= records["big"][1] > 0
     assert records["big"][2] - records["small"][2] > 250 * 2**20  # the 320 MiB array
-    assert records["outer"][2] == records["big"][2]  # the process peak never goes down
+    assert records["outer"][2] >= records["big"][2]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

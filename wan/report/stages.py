@@ -9,8 +9,8 @@
 
 Peak memory is what the device can tell: on CUDA the peak of torch.cuda.max_memory_allocated
 inside the stage (the counter is reset on entering each stage, so do not read it elsewhere
-meanwhile); on the CPU the process' peak resident set size so far (ru_maxrss), which never goes
-down, so a stage shows the highest mark reached by the end of it. Stages may nest (an outer
+meanwhile); on the CPU the process' peak resident set size so far (VmHWM on Linux), which never
+goes down, so a stage shows the highest mark reached by the end of it. Stages may nest (an outer
 stage's peak includes its inner stages') and repeat (calls and seconds add up, the peak is the
 maximum).
 """
@@ -92,9 +92,19 @@ class StageTimer:
 
 
 def process_peak_rss():
-    """The process' peak resident set size in bytes (Linux reports KiB, macOS bytes)."""
+    """This process' peak resident set size in bytes.
+
+    Linux: VmHWM of /proc/self/status. Not ru_maxrss, which a child inherits from its parent at
+    fork: a script started from a large process (a test worker) would report the parent's size."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, other systems KiB
 
 
 def format_bytes(count):
