@@ -386,6 +386,11 @@ def test_video_command_skips_finished_work(tiny_dir, tmp_path, caplog, monkeypat
 
     with pytest.raises(WanInputError, match="holds a run with seed=42, this one has seed=7"):
         qwen_video_edit.main([*argv[1:], "--seed", "7"])
+    # until a frame is saved, other settings are fine (e.g. after a run that failed to load the model)
+    for name in os.listdir(frames):
+        os.remove(frames / name)
+    qwen_video_edit.main([*argv[1:], "--seed", "7"])
+    assert sorted(p for p in os.listdir(frames) if p.endswith(".png")) == ["frame_00000.png", "frame_00001.png"]
 
 
 def test_extraction_is_kept_or_refused(tmp_path):

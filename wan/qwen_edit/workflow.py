@@ -232,7 +232,9 @@ def process_video(job, edit_job, edit_settings, load_editor, timer):
     work = Path(job.work_dir)
     edit_job = replace(edit_job, init_frame=edit_job.init_frame or str(work / "init_frame.png"),
                        edge_frames_dir=str(work / "edges"), out_frames_dir=str(work / "frames"))
-    _record_or_compare(work / EDIT_RECORD, edit_settings, work)
+    # Settings may change freely until the first frame is saved (e.g. after a failed model load).
+    _record_or_compare(work / EDIT_RECORD, edit_settings, work,
+                       overwrite=not output_path(edit_job.out_frames_dir, 0).is_file())
     rows, editor = finished_rows(edit_job), None
     if rows is None:
         editor, perceptual = load_editor()
@@ -263,10 +265,11 @@ def extract_once(job):
     return record
 
 
-def _record_or_compare(path, wanted, work):
-    """Write `wanted` to `path` if absent, else require the recorded values to match; returns the record."""
+def _record_or_compare(path, wanted, work, overwrite=False):
+    """Write `wanted` to `path` if absent (or `overwrite`), else require the recorded values to match;
+    returns the record."""
     wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as they come back from the file
-    if not path.is_file():
+    if overwrite or not path.is_file():
         write_json_atomic(path, wanted)
         return wanted
     recorded = json.loads(path.read_text())
