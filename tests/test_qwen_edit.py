@@ -1,8 +1,11 @@
 """Qwen-Image-Edit TTLG frame editor on tiny offline components: parity with the diffusers pipeline,
-guidance that lowers its losses, the extract -> edit -> assemble workflow with resume, bad inputs."""
+guidance that lowers its losses, the extract -> edit -> assemble workflow with resume, the seed's
+command line as written (no subcommand, no prompt, MODEL_ID) with its HTML report in a real browser,
+the resumable whole-video command, bad inputs."""
 import csv
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -10,13 +13,16 @@ import torch
 from PIL import Image
 
 import qwen_video_edit
+from browser import browser, outside_requests, page, record_requests  # noqa: F401  (pytest fixtures)
 from conftest import DATA, run_script
 from wan.errors import WanInputError
-from wan.qwen_edit import EditJob, GuidanceSettings, LossTargets, PerceptualMetric, QwenFrameEditor, edit_frames
+from wan.qwen_edit import (EditJob, GuidanceSettings, LossTargets, PerceptualMetric, QwenFrameEditor, edit_frames,
+                           extract)
 from wan.qwen_edit.frames import pil_to_model
 from wan.qwen_edit.loading import load_edit_pipeline
 from wan.qwen_edit.losses import (default_feature_layers, edge_loss, gram_loss, gram_matrix, luma,
                                   normalised_edges, temporal_loss)
+from wan.qwen_edit.workflow import DEFAULT_PROMPT, VideoJob, extract_once
 from wan.tools.tiny_qwen_edit import make_tiny_qwen_edit
 from wan.utils.video_io import probe_video, read_video
 
@@ -256,7 +262,7 @@ def test_missing_model_is_a_one_line_error(small_job, tmp_path):
                         "--out_frames_dir", small_job.out_frames_dir, "--prompt", "x", "--device", "cpu")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "error: --model_id not found" in result.stderr
+    assert "error: model_id not found" in result.stderr
 
 
 def test_model_folder_without_a_pipeline(tmp_path):
@@ -280,3 +286,150 @@ def test_lpips_weights_that_cannot_be_used(pipe, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(WanInputError, match="lpips"):
         PerceptualMetric(make_editor(pipe).features, str(bad))
+
+
+# ----------------------------------------------------------------------------------------------
+# the seed's command line, the whole-video command and run reports
+
+# The seed's edit command, as written; only the paths point at the tiny model's work folder.
+SEED_FLAGS = ["--num_inference_steps", "10", "--ttlg_edge_scale", "1.0", "--ttlg_gram_scale", "0.3", "--seed", "42"]
+
+
+def one_line_error(result):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def seed_run(tiny_dir, tmp_path_factory):
+    """`python qwen_video_edit.py --init_frame ... --edge_frames_dir ... --out_frames_dir ... <seed flags> --report`
+    with the model from MODEL_ID, on one 64x64 frame of the kitten clip (the model's own condition sizes make
+    it the slowest test here: about 20 s)."""
+    work = tmp_path_factory.mktemp("seed")
+    init, edges, _ = extract(VIDEO, work, size=(64, 64), max_frames=1)
+    out = work / "out"
+    result = run_script("qwen_video_edit.py", "--init_frame", init, "--edge_frames_dir", edges,
+                        "--out_frames_dir", str(out), *SEED_FLAGS, "--report", env={"MODEL_ID": tiny_dir})
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_seed_command_runs_as_written(seed_run):
+    out, result = seed_run
+    assert "qwen_video_edit edit" in result.stderr  # no subcommand: the edit
+    assert Image.open(out / "frame_00000.png").size == (64, 64)
+    assert [row["frame"] for row in read_rows(out / "metrics.csv")] == ["0", "mean"]
+    assert probe_video(str(out / "report.mp4"))[:1] == (1,)
+    html = (out / "report.html").read_text()
+    # the default instruction was the prompt; the flags as written and the model's identity are in the settings
+    assert DEFAULT_PROMPT.replace("'", "&#x27;") in html
+    for setting, value in [("arguments.seed", "42"), ("arguments.ttlg_gram_scale", "0.3"),
+                           ("arguments.num_inference_steps", "10"), ("model.config.dtype", "float32"),
+                           ("model.config.guidance.gram_scale", "0.3")]:
+        assert re.search(f"<td>{re.escape(setting)}</td><td[^>]*>{re.escape(value)}</td>", html), setting
+    assert re.search(r"<td>model\.fingerprint</td><td>[0-9a-f]{16}</td>", html)
+    for text in ("edge loss per frame", "gram loss per frame", "temporal loss per frame", "init frame",
+                 "<td>load model</td>", "<td>edit</td>", "peak process RSS", "<td>diffusers</td>"):
+        assert text in html, text
+
+
+def test_seed_report_in_chromium(seed_run, page):  # noqa: F811  (fixture)
+    out, _ = seed_run
+    requests = record_requests(page)
+    page.goto((out / "report.html").as_uri())
+    page.wait_for_function("() => document.querySelector('video').readyState >= 2")
+    assert page.evaluate("() => [document.querySelector('video').videoWidth, "
+                         "document.querySelector('img').naturalWidth]") == [64, 64]
+    sizes = page.evaluate("() => [...document.querySelectorAll('svg.plot')].map(s => s.getBoundingClientRect().width)")
+    assert len(sizes) == 5 and min(sizes) > 100  # three losses, the perceptual distance, seconds
+    page.screenshot(path=str(out / "report.png"), full_page=True)
+    assert outside_requests(requests) == [], requests
+
+
+def video_argv(tiny_dir, work, *extra):
+    return ["qwen_video_edit.py", "video", "--video", VIDEO, "--output", str(work / "styled.mp4"), "--stride", "4",
+            "--size", "64*64", "--max_frames", "2", *SEED_FLAGS, "--condition_image_size", "56*56",
+            "--vae_image_size", "64*64", "--report", *extra]
+
+
+def test_video_command_skips_finished_work(tiny_dir, tmp_path, caplog, monkeypatch):
+    """extract -> edit -> assemble in one command; a rerun loads no model and rewrites nothing; after losing
+    the last frame and the mp4 it edits that frame only; other edit settings in the same work folder fail.
+    (The first run is a real command line; the reruns call main() in this process, to save start-up time.)"""
+    argv = video_argv(tiny_dir, tmp_path)
+    first = run_script(*argv, env={"MODEL_ID": tiny_dir})
+    assert first.returncode == 0, first.stderr
+    output, frames = tmp_path / "styled.mp4", tmp_path / "styled_work" / "frames"
+    _, source_fps, _, _ = probe_video(VIDEO)
+    num_frames, fps, width, height = probe_video(str(output))
+    assert (num_frames, width, height) == (2, 64, 64) and fps == pytest.approx(source_fps / 4, rel=1e-3)
+    assert "edited: 64x64, 2 frames at" in (tmp_path / "report.html").read_text()
+    stamps = {p: os.stat(p).st_mtime_ns for p in (output, frames / "frame_00000.png", frames / "frame_00001.png")}
+
+    monkeypatch.setenv("MODEL_ID", tiny_dir)
+    caplog.set_level(logging.INFO)
+    qwen_video_edit.main(argv[1:])
+    assert "frames already extracted" in caplog.text and "all 2 frames already edited" in caplog.text
+    assert "is up to date" in caplog.text and "loading Qwen-Image-Edit" not in caplog.text
+    assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps
+    assert "not loaded (every frame was already done)" in (tmp_path / "report.html").read_text()
+
+    os.remove(frames / "frame_00001.png")
+    os.remove(output)
+    caplog.clear()
+    qwen_video_edit.main(argv[1:])
+    assert "1 of 2 frames already done" in caplog.text and "frame 0:" not in caplog.text
+    assert probe_video(str(output))[0] == 2
+
+    with pytest.raises(WanInputError, match="holds a run with seed=42, this one has seed=7"):
+        qwen_video_edit.main([*argv[1:], "--seed", "7"])
+    # until a frame is saved, other settings are fine (e.g. after a run that failed to load the model)
+    for name in os.listdir(frames):
+        os.remove(frames / name)
+    qwen_video_edit.main([*argv[1:], "--seed", "7"])
+    assert sorted(p for p in os.listdir(frames) if p.endswith(".png")) == ["frame_00000.png", "frame_00001.png"]
+
+
+def test_extraction_is_kept_or_refused(tmp_path):
+    job = VideoJob(video=VIDEO, output=str(tmp_path / "out.mp4"), work_dir=str(tmp_path), stride=8, size=(32, 32),
+                   max_frames=2)
+    record = extract_once(job)
+    assert record["frames"] == 2 and sorted(os.listdir(tmp_path / "edges")) == ["edge_00000.png", "edge_00001.png"]
+    stamp = os.stat(tmp_path / "edges" / "edge_00000.png").st_mtime_ns
+    assert extract_once(job) == record and os.stat(tmp_path / "edges" / "edge_00000.png").st_mtime_ns == stamp
+    job.stride = 4
+    with pytest.raises(WanInputError, match="holds a run with stride=8, this one has stride=4"):
+        extract_once(job)
+
+
+def test_command_line_defaults(monkeypatch):
+    argv = ["--init_frame", "a.png", "--edge_frames_dir", "e", "--out_frames_dir", "o"]
+    args = qwen_video_edit.parse_args(argv)
+    assert (args.command, args.prompt, args.report) == ("edit", DEFAULT_PROMPT, None)
+    assert qwen_video_edit.parse_args([*argv, "--report"]).report == ""  # the default place
+    monkeypatch.setenv("MODEL_ID", "from-env")
+    assert qwen_video_edit._model_id(args) == "from-env"
+    assert qwen_video_edit._model_id(qwen_video_edit.parse_args([*argv, "--model_id", "flag"])) == "flag"
+
+
+@pytest.mark.parametrize("problem", ["empty frames folder", "report folder missing", "no model"])
+def test_seed_command_bad_inputs(tiny_dir, small_job, tmp_path, problem):
+    """Each a one-line error and exit status 2, before any model loads."""
+    edges, report, model = small_job.edge_frames_dir, [], tiny_dir
+    if problem == "empty frames folder":
+        edges = str(tmp_path / "empty")
+        os.mkdir(edges)
+    elif problem == "report folder missing":
+        report = ["--report", str(tmp_path / "missing" / "report.html")]
+    else:
+        model = ""
+    result = run_script("qwen_video_edit.py", "--init_frame", small_job.init_frame, "--edge_frames_dir", edges,
+                        "--out_frames_dir", small_job.out_frames_dir, *SEED_FLAGS, *report, env={"MODEL_ID": model})
+    expected = {"empty frames folder": f"error: --edge_frames_dir {edges} has no images",
+                "report folder missing": f"error: report folder does not exist: {tmp_path / 'missing'}",
+                "no model": "error: no model given"}[problem]
+    assert one_line_error(result).startswith(expected)
+    assert not os.path.exists(small_job.out_frames_dir)

@@ -13,7 +13,6 @@ the two guidance branches on the two halves of the ranks. The process groups com
 """
 import contextlib
 import gc
-import hashlib
 import logging
 import os
 from functools import partial
@@ -31,6 +30,7 @@ from .modules.vae2_1 import Wan2_1_VAE
 from .modules.vae2_2 import Wan2_2_VAE
 from .settings import LoadOptions, SettingsError
 from .step_cache import enable_step_cache
+from .utils.checkpoint import checkpoint_fingerprint
 from .utils.video_io import to_model_range
 
 log = logging.getLogger(__name__)
@@ -58,22 +58,6 @@ def dit_subfolders(config):
     if "boundary" in config:
         return (config.low_noise_checkpoint, config.high_noise_checkpoint)
     return (None,)
-
-
-def checkpoint_fingerprint(ckpt_dir, config):
-    """A cheap identity of a checkpoint: the DiT config files and the sizes of every weight file.
-    Enough to refuse a stage file made with another model, without reading any weights."""
-    digest = hashlib.sha256(config.__name__.encode())
-    for root, _, files in sorted(os.walk(ckpt_dir)):
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            relative = os.path.relpath(path, ckpt_dir)
-            if name == "config.json":
-                with open(path, "rb") as f:
-                    digest.update(relative.encode() + f.read())
-            elif name.endswith((".safetensors", ".pth")):
-                digest.update(f"{relative}:{os.path.getsize(path)}".encode())
-    return digest.hexdigest()[:16]
 
 
 def parallel_layout(options):
@@ -130,7 +114,7 @@ class Models:
         vae = cls._load_vae(config, ckpt_dir, options, device) if "vae" in parts else None
         experts = cls._load_experts(config, ckpt_dir, options, device, layout) if "dit" in parts else ()
         return cls(config, text_encoder, vae, experts, device, options.offload_model, options.t5_cpu, layout,
-                   checkpoint_fingerprint(ckpt_dir, config), captioner)
+                   checkpoint_fingerprint(ckpt_dir, config.__name__), captioner)
 
     @staticmethod
     def _captioner(options, device):

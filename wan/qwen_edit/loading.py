@@ -41,17 +41,17 @@ def resolve_model_dir(model_id):
     if not path.exists():
         path = _cached_snapshot(model_id)
     if not path.is_dir():
-        raise WanInputError(f"--model_id is not a folder: {model_id}")
+        raise WanInputError(f"model_id is not a folder: {model_id}")
     index = path / "model_index.json"
     if not index.is_file():
-        raise WanInputError(f"--model_id {model_id}: no model_index.json; expected a diffusers "
+        raise WanInputError(f"model_id {model_id}: no model_index.json; expected a diffusers "
                             "Qwen-Image-Edit-2509 folder")
     missing = [name for name in COMPONENTS if not (path / name).is_dir()]
     if missing:
-        raise WanInputError(f"--model_id {model_id}: missing component folder(s) {', '.join(missing)}")
+        raise WanInputError(f"model_id {model_id}: missing component folder(s) {', '.join(missing)}")
     class_name = json.loads(index.read_text()).get("_class_name")
     if class_name not in ("QwenImageEditPlusPipeline", "QwenImageEditPipeline"):
-        raise WanInputError(f"--model_id {model_id}: a {class_name} checkpoint, expected QwenImageEditPlusPipeline")
+        raise WanInputError(f"model_id {model_id}: a {class_name} checkpoint, expected QwenImageEditPlusPipeline")
     return path
 
 
@@ -61,7 +61,7 @@ def _cached_snapshot(model_id):
     try:
         return Path(snapshot_download(model_id, local_files_only=True))
     except Exception:  # any failure means: not a usable local copy
-        raise WanInputError(f"--model_id not found: {model_id} is neither a local folder nor in the Hugging Face "
+        raise WanInputError(f"model_id not found: {model_id} is neither a local folder nor in the Hugging Face "
                             "cache (nothing is downloaded)") from None
 
 
@@ -78,7 +78,7 @@ def load_edit_pipeline(model_id, device="cpu", dtype=torch.float32):
             warnings.simplefilter("ignore", FutureWarning)
             pipe = QwenImageEditPlusPipeline.from_pretrained(path, processor=processor, torch_dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
-        raise WanInputError(f"--model_id {model_id}: cannot load the checkpoint: {' '.join(str(exc).split())[:300]}") \
+        raise WanInputError(f"model_id {model_id}: cannot load the checkpoint: {' '.join(str(exc).split())[:300]}") \
             from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

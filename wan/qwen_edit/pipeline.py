@@ -14,7 +14,7 @@ balance terms whose raw scales differ by orders of magnitude) and the sum is nor
 `lr` is the RMS size of one update in latent units (latents have unit variance).
 """
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from .losses import VaeEncoderFeatures, edge_loss, gram_loss, gram_matrix, tempo
 # The model's own condition sizes (pixel areas), as in diffusers' pipeline_qwenimage_edit_plus.
 CONDITION_IMAGE_AREA = 384 * 384
 VAE_IMAGE_AREA = 1024 * 1024
+TRANSFORMER_CONFIG_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "joint_attention_dim")
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,17 @@ class QwenFrameEditor:
     def grid(self):
         """Output sizes are multiples of this (VAE factor x 2x2 packing)."""
         return self.pipe.vae_scale_factor * 2
+
+    def config(self):
+        """What decides the outputs besides the job (for run reports): network sizes and dtype, the
+        scheduler's settings, the condition sizes and the guidance settings."""
+        transformer = self.pipe.transformer
+        return {"transformer": {key: transformer.config[key] for key in TRANSFORMER_CONFIG_KEYS},
+                "dtype": str(transformer.dtype).removeprefix("torch."), "device": str(self.device),
+                "vae_latent_channels": self.pipe.vae.config.z_dim, "grid": self.grid,
+                "scheduler": {k: v for k, v in self.pipe.scheduler.config.items() if not k.startswith("_")},
+                "condition_area": self.condition_area, "vae_condition_area": self.vae_condition_area,
+                "guidance": asdict(self.guidance)}
 
     # ---------------------------------------------------------------------------------------
     # the edit

@@ -1,5 +1,6 @@
 """The video workflow: extract (video -> init frame + edge frames), edit (frame by frame, streaming
-and resumable, with a metrics CSV) and assemble (frames -> mp4).
+and resumable, with a metrics CSV), assemble (frames -> mp4), and process_video, the three in one
+work folder, where a rerun skips what is done.
 
 Frame i is edited from images [edge map i, previous output] (the init frame stands in for the
 previous output of frame 0; give an edited key frame there to set the style). Loss targets:
@@ -10,9 +11,10 @@ Metrics per frame, measured on the saved output: edge, Gram and temporal losses 
 weights were) and a perceptual distance to the previous output (LPIPS with a local trunk file,
 else the VAE-feature distance, see losses.py), plus the seconds spent; a last row holds means.
 """
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import WanInputError
-from ..utils.video_io import load_image, read_video, resize_center_crop, write_video
+from ..utils.fileio import write_json_atomic
+from ..utils.video_io import load_image, probe_video, read_video, resize_center_crop, write_video
 from .frames import (completed_count, image_size, list_images, load_frame, model_to_pil, output_path,
                      pil_to_model, read_metrics, save_png, write_metrics)
 from .losses import luma, normalised_edges
@@ -29,6 +32,9 @@ from .pipeline import LossTargets
 
 SIZE_MULTIPLE = 16  # the real model's output grid (VAE factor 8 x 2x2 packing)
 LOSS_COLUMNS = ("edge_loss", "gram_loss", "temporal_loss")
+DEFAULT_PROMPT = ("Picture 1 is the edge map of a video frame and Picture 2 is the previous frame of the edited "
+                  "video. Draw the scene outlined in Picture 1, keeping its outlines, layout and poses exactly, "
+                  "in the style, colours and lighting of Picture 2.")
 
 
 # ------------------------------------------------------------------------------------------
@@ -71,7 +77,7 @@ class EditJob:
     init_frame: str
     edge_frames_dir: str
     out_frames_dir: str
-    prompt: str
+    prompt: str = DEFAULT_PROMPT
     metrics_out: str = None
     size: tuple = None
     seed: int = 0
@@ -86,7 +92,7 @@ def edit_frames(editor, job, perceptual):
     metrics rows of all frames done so far. `perceptual` is a losses.PerceptualMetric."""
     edge_paths = check_job(job)
     size = _output_size(job, edge_paths[0], editor.grid)
-    metrics_path = job.metrics_out or str(Path(job.out_frames_dir) / "metrics.csv")
+    metrics_path = metrics_file(job)
     columns = [*LOSS_COLUMNS, perceptual.name, "seconds"]
     done = completed_count(job.out_frames_dir, len(edge_paths))
     old_rows = read_metrics(metrics_path)
@@ -109,6 +115,19 @@ def edit_frames(editor, job, perceptual):
         logging.info("frame %d: %s", index, {k: v for k, v in rows[-1].items() if k != "frame"})
     write_metrics(metrics_path, rows, columns)
     return rows
+
+
+def metrics_file(job):
+    return job.metrics_out or str(Path(job.out_frames_dir) / "metrics.csv")
+
+
+def finished_rows(job):
+    """The metrics rows when every frame of `job` is saved and measured, else None (work remains)."""
+    total = len(check_job(job))
+    rows = read_metrics(metrics_file(job))
+    if completed_count(job.out_frames_dir, total) < total or any(index not in rows for index in range(total)):
+        return None
+    return [rows[index] for index in range(total)]
 
 
 def check_job(job):
@@ -169,6 +188,108 @@ def _recorded_or_measured(editor, perceptual, job, edge_paths, index, size, init
     targets = _targets(editor, load_frame(edge_paths[index], size, "edge frame"), previous, style)
     output = pil_to_model(load_frame(output_path(job.out_frames_dir, index), size, "output frame"))
     return _measure(editor, perceptual, output, targets, index, None)
+
+
+# ------------------------------------------------------------------------------------------
+# the whole video
+EXTRACT_RECORD = "extract.json"
+EDIT_RECORD = "edit_settings.json"
+
+
+@dataclass
+class VideoJob:
+    """A whole-video run in `work_dir`: extract into it, edit into WORK_DIR/frames, assemble `output`."""
+
+    video: str
+    output: str
+    work_dir: str
+    stride: int = 1
+    size: tuple = None
+    max_frames: int = None
+    fps: float = None  # default: the source's frame rate / stride
+
+
+@dataclass
+class VideoResult:
+    init_frame: str
+    frames_dir: str
+    output: str
+    fps: float
+    rows: list  # metrics rows, one per frame
+    editor: object = None  # the QwenFrameEditor when one was loaded (None: every frame was already done)
+
+
+def process_video(job, edit_job, edit_settings, load_editor, timer):
+    """extract -> edit -> assemble, each step skipped when its output is complete.
+
+    edit_job: the edit settings; its folders are replaced by the work folder's, and an init_frame
+    of None means the first source frame. edit_settings: the values that decide the edited frames
+    (a dict); the first run records them, and a rerun with other values is refused rather than
+    mixing two edits in one video. load_editor() -> (QwenFrameEditor, PerceptualMetric) is called
+    only if frames remain. timer: a wan.report.StageTimer."""
+    with timer.stage("extract"):
+        extracted = extract_once(job)
+    work = Path(job.work_dir)
+    edit_job = replace(edit_job, init_frame=edit_job.init_frame or str(work / "init_frame.png"),
+                       edge_frames_dir=str(work / "edges"), out_frames_dir=str(work / "frames"))
+    # Settings may change freely until the first frame is saved (e.g. after a failed model load).
+    _record_or_compare(work / EDIT_RECORD, edit_settings, work,
+                       overwrite=not output_path(edit_job.out_frames_dir, 0).is_file())
+    rows, editor = finished_rows(edit_job), None
+    if rows is None:
+        editor, perceptual = load_editor()
+        with timer.stage("edit"):
+            rows = edit_frames(editor, edit_job, perceptual)
+    else:
+        logging.info("all %d frames already edited in %s", len(rows), edit_job.out_frames_dir)
+    fps = job.fps or extracted["fps"] / job.stride
+    with timer.stage("assemble"):
+        _assemble_if_stale(edit_job.out_frames_dir, job.output, fps, len(rows))
+    return VideoResult(edit_job.init_frame, edit_job.out_frames_dir, job.output, fps, rows, editor)
+
+
+def extract_once(job):
+    """extract() into job.work_dir unless an earlier run did it with the same request; returns the record
+    (the request plus the frame count and the source fps)."""
+    _, fps, _, _ = probe_video(job.video)  # a missing or unreadable video fails here
+    work = Path(job.work_dir)
+    request = {"video": str(Path(job.video).resolve()), "video_bytes": Path(job.video).stat().st_size,
+               "stride": job.stride, "size": list(job.size) if job.size else None, "max_frames": job.max_frames}
+    if (work / EXTRACT_RECORD).is_file():
+        record = _record_or_compare(work / EXTRACT_RECORD, request, work)
+        logging.info("frames already extracted in %s", work)
+        return record
+    _, _, count = extract(job.video, work, stride=job.stride, size=job.size, max_frames=job.max_frames)
+    record = {**request, "frames": count, "fps": fps}
+    write_json_atomic(work / EXTRACT_RECORD, record)  # last: its presence means the extraction is whole
+    return record
+
+
+def _record_or_compare(path, wanted, work, overwrite=False):
+    """Write `wanted` to `path` if absent (or `overwrite`), else require the recorded values to match;
+    returns the record."""
+    wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as they come back from the file
+    if overwrite or not path.is_file():
+        write_json_atomic(path, wanted)
+        return wanted
+    recorded = json.loads(path.read_text())
+    for key, value in wanted.items():
+        if recorded.get(key) != value:
+            raise WanInputError(f"work_dir {work} holds a run with {key}={recorded.get(key)!r}, this one has "
+                                f"{key}={value!r}; use another work_dir or delete that one")
+    return recorded
+
+
+def _assemble_if_stale(frames_dir, output, fps, count):
+    """assemble() unless `output` is newer than every frame and has their count and `fps`."""
+    newest_frame = max(output_path(frames_dir, index).stat().st_mtime_ns for index in range(count))
+    output = Path(output)
+    if output.is_file() and output.stat().st_mtime_ns >= newest_frame:
+        frames, output_fps, _, _ = probe_video(output)
+        if frames == count and abs(output_fps - fps) < 1e-3 * fps:
+            logging.info("%s is up to date", output)
+            return str(output)
+    return assemble(frames_dir, output, fps)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Reading checkpoint files strictly: exact key sets, exact shapes, any float dtype."""
+import hashlib
 import json
 import os
 
@@ -16,6 +17,23 @@ def require_file(path, what):
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} not found: {path}")
     return path
+
+
+def checkpoint_fingerprint(ckpt_dir, name=""):
+    """A cheap identity of a checkpoint folder (and of `name`, e.g. the task's config): its
+    config.json files and the sizes of its weight files. Enough to refuse a stage file made with
+    another model, without reading any weights."""
+    digest = hashlib.sha256(name.encode())
+    for root, _, files in sorted(os.walk(ckpt_dir)):
+        for file_name in sorted(files):
+            path = os.path.join(root, file_name)
+            relative = os.path.relpath(path, ckpt_dir)
+            if file_name == "config.json":
+                with open(path, "rb") as f:
+                    digest.update(relative.encode() + f.read())
+            elif file_name.endswith((".safetensors", ".pth")):
+                digest.update(f"{relative}:{os.path.getsize(path)}".encode())
+    return digest.hexdigest()[:16]
 
 
 def load_pth(path, what="checkpoint"):
