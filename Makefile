@@ -17,7 +17,7 @@ else
 PIP_CONSTRAINTS := -c constraints-cpu.txt
 endif
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean browser-deps
 
 venv: $(STAMP)
 
@@ -45,7 +45,15 @@ demo: $(STAMP)
 	@echo "Outputs (random tiny weights: the videos show the pipeline works, not a trained model):"
 	@ls -1 $(DEMO)/*.mp4 $(DEMO)/*.png $(DEMO)/*.safetensors
 
-test: $(STAMP)
+# Debian's chromium (browser tests, reports) and ffmpeg: installed with apt as root when missing.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v ffmpeg >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ffmpeg) \
+		|| echo "note: apt-get could not install chromium/ffmpeg; the browser tests will be skipped"; \
+	else echo "note: chromium/ffmpeg missing and no apt-get as root; the browser tests will be skipped"; fi
+
+test: $(STAMP) browser-deps
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --durations=10
 
 clean:
