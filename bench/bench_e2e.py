@@ -23,18 +23,17 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from full_size import swap_in_full_size_ti2v  # noqa: E402
+from full_size import full_size_ti2v_models  # noqa: E402
 
-from wan.configs import WAN_CONFIGS  # noqa: E402
+from wan import tasks  # noqa: E402
 from wan.modules.attention import BACKENDS, attention_backend  # noqa: E402
-from wan.textimage2video import WanTI2V  # noqa: E402
-from wan.tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
-from wan.utils.utils import save_video  # noqa: E402
+from wan.runner import Runner  # noqa: E402
+from wan.settings import Generation, Sampling  # noqa: E402
 
 PROMPT = "A red fox trots through fresh snow in a quiet pine forest at sunrise."
 
 
-def run(task, steps, offload, out_path):
+def run(models, steps, offload, out_path):
     """One generation; returns seconds per stage and the peak GPU memory of denoise + decode."""
     times = {}
 
@@ -42,19 +41,22 @@ def run(task, steps, offload, out_path):
         torch.cuda.synchronize()
         times[name] = time.perf_counter() - start
 
+    models.offload_model = offload
+    runner = Runner(models)
+    generation = Generation(task="ti2v-5B", prompt=PROMPT, size=(1280, 704), frame_num=121, seed=1,
+                            sampling=Sampling(steps=steps, guide_scale=5.0))
     start = time.perf_counter()
-    job = task.prepare(PROMPT, size=(1280, 704), frame_num=121, sampling_steps=steps, guide_scale=5.0, seed=1,
-                       offload_model=offload)
+    job = tasks.prepare(models, generation)
     mark("text+noise", start)
     torch.cuda.reset_peak_memory_stats()  # the peak of denoise + decode (T5 may live on the CPU)
     start = time.perf_counter()
-    latent = task.denoise(job, offload_model=offload)
+    latent = runner.denoise(job)
     mark("denoise", start)
     start = time.perf_counter()
-    task.decode(latent)  # timed, not kept: the overlapped decode below writes the file
+    models.decode(latent)  # timed, not kept: the overlapped decode below writes the file
     mark("decode", start)
     start = time.perf_counter()
-    save_video((chunk[None] for chunk in task.decode_chunks(latent)), out_path, fps=24, nrow=1)
+    runner.write_video(latent, out_path, 24)
     mark("decode+mp4", start)
     times["total"] = times["text+noise"] + times["denoise"] + times["decode"]
     times["total with mp4"] = times["text+noise"] + times["denoise"] + times["decode+mp4"]
@@ -72,17 +74,13 @@ def main():
     args = parser.parse_args()
     device = torch.device("cuda")
     work = tempfile.mkdtemp()
-    ckpt = make_tiny_checkpoint("ti2v-5B", os.path.join(work, "ckpt"))
-    task = WanTI2V(WAN_CONFIGS["ti2v-5B"], ckpt, device=device, attention=args.attention)
-    task = swap_in_full_size_ti2v(task, device, args.compile, fp8=args.fp8)
-    for model in (*task.experts, task.text_encoder.model):
-        model.to(device)
+    models = full_size_ti2v_models(device, args.compile, fp8=args.fp8, attention=args.attention)
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | compile={args.compile} | VAE bf16 "
           f"| fp8={args.fp8} | attention {attention_backend()} | 121f 1280x704, {args.steps} steps, CFG 5", flush=True)
-    run(task, 2, False, os.path.join(work, "warm.mp4"))  # compile and cuDNN plans
-    rows = {"resident": run(task, args.steps, False, os.path.join(work, "a.mp4"))}
+    run(models, 2, False, os.path.join(work, "warm.mp4"))  # compile and cuDNN plans
+    rows = {"resident": run(models, args.steps, False, os.path.join(work, "a.mp4"))}
     if not args.skip_offload:
-        rows["offload (5 steps)"] = run(task, 5, True, os.path.join(work, "b.mp4"))
+        rows["offload (5 steps)"] = run(models, 5, True, os.path.join(work, "b.mp4"))
     keys = list(rows["resident"])
     print("| run | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")

@@ -1,9 +1,9 @@
 """Full inversion edit benchmark: TI2V-5B, 49 frames 832x1056, 50 inversion + 50 generation steps.
 
 Full-size random networks on one GPU: the DiT (bf16), the Wan2.2 VAE and the umt5-xxl encoder are
-built on the device and swapped into a TI2VInversionEditor loaded from a tiny checkpoint (the
-loading path is not what is timed; writing 20 GB of random weights to disk first would only cost
-lease time). The source is a synthetic 832x1056 clip.
+built on the device as `Models` (bench/full_size.py; the loading path is not what is timed). The
+source is a synthetic 832x1056 clip; the edit runs through wan.tasks.prepare_edit and wan.runner,
+as the script does.
 
     python bench/bench_edit.py [--no-compile] [--vae_dtype bf16|fp32]
 
@@ -23,10 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from full_size import swap_in_full_size_ti2v  # noqa: E402
+from full_size import full_size_ti2v_models  # noqa: E402
 
-from wan.inversion_edit import Inversion, TI2VInversionEditor  # noqa: E402
-from wan.tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
+from wan import tasks  # noqa: E402
+from wan.runner import Runner  # noqa: E402
+from wan.settings import EditSettings, InversionSettings, Sampling  # noqa: E402
+from wan.tasks.edit import EditRequest  # noqa: E402
 from wan.utils.video_io import write_video  # noqa: E402
 
 WIDTH, HEIGHT, FRAMES = 832, 1056, 49
@@ -40,36 +42,28 @@ def synthetic_clip(path):
     write_video(np.stack(frames), path, fps=16)
 
 
-def full_size_editor(ckpt_dir, device, compile_model, vae_dtype):
-    editor = TI2VInversionEditor(ckpt_dir, device=device)
-    swap_in_full_size_ti2v(editor.model, device, compile_model, vae_dtype)
-    return editor
-
-
-def timed_edit(editor, video, steps, inversion=None):
-    """Run one edit; returns (times per stage, inversion)."""
+def timed_edit(models, video, steps, load_inversion=None, save_inversion=None):
+    """Run one edit; returns the times per stage."""
     times = {}
 
     def mark(name, start):
         torch.cuda.synchronize()
         times[name] = time.perf_counter() - start
 
+    request = EditRequest(video, "a colourful gradient", "a colourful gradient in the style of van Gogh")
+    settings = EditSettings(frame_num=FRAMES, max_area=WIDTH * HEIGHT, sampling=Sampling("euler", steps, 5.0, 5.0),
+                            inversion=InversionSettings(steps=steps))
     start = time.perf_counter()
-    clip = editor.load_source(video, FRAMES, WIDTH * HEIGHT)
-    mark("read+resize", start)
-    if inversion is None:
-        start = time.perf_counter()
-        inversion = editor.invert(video, "a colourful gradient", FRAMES, WIDTH * HEIGHT, 5.0, steps, 1.0, clip=clip)
-        mark("encode+invert", start)
+    job = tasks.prepare_edit(models, request, settings)
+    mark("read+encode", start)
     start = time.perf_counter()
-    latent = editor.generate_from_inversion(inversion, "a colourful gradient in the style of van Gogh", None, steps,
-                                            5.0, decode=False)
-    mark("generate", start)
+    latent = Runner(models).edit(job, load_inversion, save_inversion)
+    mark("invert+generate" if load_inversion is None else "generate", start)
     start = time.perf_counter()
-    editor.model.decode(latent)
+    models.decode(latent)
     mark("decode", start)
     times["total"] = sum(times.values())
-    return times, inversion
+    return times
 
 
 def main():
@@ -83,22 +77,20 @@ def main():
     work = tempfile.mkdtemp()
     video = os.path.join(work, "source.mp4")
     synthetic_clip(video)
-    ckpt = make_tiny_checkpoint("ti2v-5B", os.path.join(work, "ckpt"))
-    editor = full_size_editor(ckpt, device, args.compile, vae_dtype)
+    models = full_size_ti2v_models(device, args.compile, vae_dtype)
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | compile={args.compile} "
           f"| vae {args.vae_dtype} | {FRAMES}f {WIDTH}x{HEIGHT}, {args.steps}+{args.steps} steps", flush=True)
-    cold, _ = timed_edit(editor, video, 2)  # compiles both the 1-sample and the CFG-batched shapes
+    cold = timed_edit(models, video, 2)  # compiles both the 1-sample and the CFG-batched shapes
     print(f"cold 2+2-step edit (compile and cuDNN plans included): {cold['total']:.1f} s", flush=True)
     torch.cuda.reset_peak_memory_stats()
-    full, inversion = timed_edit(editor, video, args.steps)
     path = os.path.join(work, "inversion.safetensors")
-    inversion.save(path)
-    again, _ = timed_edit(editor, video, args.steps, Inversion.load(path))
+    full = timed_edit(models, video, args.steps, save_inversion=path)
+    again = timed_edit(models, video, args.steps, load_inversion=path)
     peak = torch.cuda.max_memory_allocated() / 1e9
-    print("| run | " + " | ".join(full) + " |")
-    print("|---" * (len(full) + 1) + "|")
-    print("| full edit | " + " | ".join(f"{v:.2f}" for v in full.values()) + " |")
-    print("| re-edit from saved inversion | " + " | ".join(f"{again.get(k, 0):.2f}" for k in full) + " |")
+    print("| run | read+encode | invert+generate or generate | decode | total |")
+    print("|---|---|---|---|---|")
+    for name, times in (("full edit", full), ("re-edit from saved inversion", again)):
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in times.values()) + " |")
     print(f"peak GPU memory {peak:.1f} GB (DiT, VAE and umt5-xxl resident)")
 
 

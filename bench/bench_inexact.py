@@ -9,9 +9,9 @@ PSNR of the decoded video (bf16 VAE) against the exact run with the same noise. 
     python bench/bench_inexact.py --variants cache:0.05 cache:0.1 cache:0.2 fp8-attention fp8 fp8+fp8-attention
 """
 import argparse
+import dataclasses
 import os
 import sys
-import tempfile
 import time
 
 import torch
@@ -20,13 +20,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_dit import apply_variant  # noqa: E402
-from full_size import swap_in_full_size_ti2v  # noqa: E402
+from full_size import full_size_ti2v_models  # noqa: E402
 
-from wan.configs import WAN_CONFIGS  # noqa: E402
+from wan import tasks  # noqa: E402
 from wan.modules.attention import attention_backend  # noqa: E402
 from wan.step_cache import enable_step_cache  # noqa: E402
-from wan.textimage2video import WanTI2V  # noqa: E402
-from wan.tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
+from wan.runner import Runner  # noqa: E402
+from wan.settings import Generation, Sampling  # noqa: E402
 
 
 def settings(variant):
@@ -42,16 +42,15 @@ def main():
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
     device = torch.device("cuda")
-    ckpt = make_tiny_checkpoint("ti2v-5B", os.path.join(tempfile.mkdtemp(), "ckpt"))
-    task = swap_in_full_size_ti2v(WanTI2V(WAN_CONFIGS["ti2v-5B"], ckpt, device=device), device, True)
-    for model in (*task.experts, task.text_encoder.model):
-        model.to(device)
-    dit = task.experts[0]
+    models = full_size_ti2v_models(device)
+    runner = Runner(models)
+    dit = models.experts[0]
     exact_attention = attention_backend()  # FlashAttention-3 when installed, else SDPA: both exact
-    job = task.prepare("A dancer spins on a wooden stage", size=(832, 1056), frame_num=49, sampling_steps=args.steps,
-                       guide_scale=5.0, seed=1, offload_model=False)
-    warm_up = job.__class__(**{**job.__dict__, "settings": {**job.settings, "sampling_steps": 2}})
-    task.denoise(warm_up, False)
+    generation = Generation(task="ti2v-5B", prompt="A dancer spins on a wooden stage", size=(832, 1056),
+                            frame_num=49, seed=1, sampling=Sampling(steps=args.steps, guide_scale=5.0))
+    job = tasks.prepare(models, generation)
+    warm_up = dataclasses.replace(job, sampling=job.sampling.replace(steps=2))
+    runner.denoise(warm_up)
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | 49f 832x1056, {args.steps} steps, CFG 5 "
           f"| exact attention: {exact_attention}")
     print("| variant | denoise s | block passes skipped | latent rel. error | decoded PSNR dB |")
@@ -61,14 +60,14 @@ def main():
         threshold, fp8, attention = settings(variant)
         if apply_variant(dit, dict(fp8=fp8, attention=attention or exact_attention)):  # already compiled
             enable_step_cache(dit, 0.0)
-            task.denoise(warm_up, False)  # retrace outside the timing
+            runner.denoise(warm_up)  # retrace outside the timing
         cache = enable_step_cache(dit, threshold)
         torch.cuda.synchronize()
         start = time.perf_counter()
-        latent = task.denoise(job, False)
+        latent = runner.denoise(job)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        video = task.decode(latent)
+        video = models.decode(latent)
         skipped = 0 if cache is None else cache.skipped
         if exact is None:
             exact, exact_video = latent, video
@@ -77,7 +76,6 @@ def main():
         error = ((latent - exact).norm() / exact.norm()).item()
         psnr = 10 * torch.log10(4.0 / ((video - exact_video) ** 2).mean()).item()
         print(f"| {variant} | {seconds:.2f} | {skipped} of {args.steps} | {error:.3e} | {psnr:.1f} |", flush=True)
-
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
-"""Full-size random TI2V-5B networks on the GPU for benchmarks: a task loaded from a tiny checkpoint
-gets its DiT, Wan2.2 VAE and umt5-xxl replaced by full-size ones (random weights time the same as
-real ones; writing 20 GB of random weights to disk first would only cost lease time)."""
+"""Full-size random TI2V-5B networks on the GPU for benchmarks, as `Models` built from networks in
+memory (random weights time the same as real ones; writing 20 GB of random weights to disk first
+would only cost lease time)."""
+import os
+import tempfile
+
 import torch
 
+from wan.configs import WAN_CONFIGS
+from wan.models import Models
 from wan.modules.model import WanModel
 from wan.modules.t5 import meta_umt5_encoder, umt5_config
 from wan.modules.vae2_2 import WanVAE_
+from wan.settings import LoadOptions
+from wan.tools.make_tiny_checkpoint import make_tiny_checkpoint
 
 TI2V_5B = dict(model_type="ti2v", in_dim=48, out_dim=48, dim=3072, ffn_dim=14336, num_heads=24, num_layers=30)
 
@@ -29,9 +36,14 @@ def full_size_vae(device, dtype, seed=2):
     return random_on_device(vae, device, dtype, seed)
 
 
-def swap_in_full_size_ti2v(task, device, compile_model=True, vae_dtype=torch.bfloat16, fp8=False):
-    """Replace a WanTI2V's networks (loaded from a tiny checkpoint) by full-size random ones; `fp8`
-    quantises the DiT's block linears as `--fp8` does."""
+def full_size_ti2v_models(device, compile_model=True, vae_dtype=torch.bfloat16, fp8=False, attention=None,
+                          offload_model=False):
+    """Models of a full-size TI2V-5B with random weights, built from networks in memory: a tiny
+    checkpoint gives the tokenizer and the wrappers; the DiT, the Wan2.2 VAE and umt5-xxl are full
+    size on `device`. `compile_model` and `fp8` do what --compile and --fp8 do."""
+    config = WAN_CONFIGS["ti2v-5B"]
+    ckpt = make_tiny_checkpoint("ti2v-5B", os.path.join(tempfile.mkdtemp(), "ckpt"))
+    small = Models.load(config, ckpt, LoadOptions(device=str(device), attention=attention), parts=("t5", "vae"))
     with torch.device("meta"):
         dit = WanModel(**TI2V_5B)
     dit = random_on_device(dit, device, torch.bfloat16, seed=1)
@@ -39,12 +51,12 @@ def swap_in_full_size_ti2v(task, device, compile_model=True, vae_dtype=torch.bfl
         dit.quantize_fp8()
     if compile_model:
         dit.compile_blocks()
-    task.experts = (dit,)
-    task.vae.model = full_size_vae(device, vae_dtype).use_channels_last()  # as the wrapper does on the GPU
-    if compile_model:  # as --compile does
-        task.vae.model.compile_decoder()
-    task.vae.dtype = vae_dtype
+    vae = small.vae
+    vae.model, vae.dtype = full_size_vae(device, vae_dtype).use_channels_last(), vae_dtype  # as on the GPU
+    if compile_model:
+        vae.model.compile_decoder()
     t5 = random_on_device(meta_umt5_encoder(umt5_config()), device, torch.bfloat16, seed=3)
     t5.set_input_embeddings(t5.shared)
-    task.text_encoder.model = t5
-    return task
+    small.text_encoder.model = t5
+    return Models(config, small.text_encoder, vae, (dit,), device, offload_model=offload_model,
+                  fingerprint="full-size-random")

@@ -25,7 +25,7 @@ from ..modules.convert import official_config_to_diffusers, official_to_diffuser
 from ..modules.t5 import official_to_hf_names, umt5_config
 from ..utils.checkpoint import save_sharded_safetensors
 from ..errors import WanInputError
-from ..utils.cli import ArgumentParser, run_cli, setup_logging
+from ..cli import ArgumentParser, run_cli, setup_logging
 from ..utils.fileio import atomic_path, torch_save_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
