@@ -14,8 +14,8 @@ from transformers import T5Tokenizer
 
 from ..configs import SAMPLE_NEG_PROMPT
 from ..modules.tokenizers import clean_text
-from .world import BACKGROUND_COLORS, BACKGROUND_PAIRS, DIRECTIONS, OBJECT_COLORS, SHAPES, SLOW_SPEED, Background
-from .world import caption_text, object_phrase
+from .world import (BACKGROUND_COLORS, BACKGROUND_PAIRS, DIRECTIONS, OBJECT_COLORS, SHAPES, SLOW_SPEED, Background,
+                    caption_text, object_phrase)
 
 WORD_BOUNDARY = "\u2581"  # SentencePiece's mark for "a space before this piece"
 

@@ -108,13 +108,16 @@ def main(argv=None):
     logging.getLogger("wan.toyworld.train").setLevel(logging.INFO)
     budget = Budget(args.time_budget_s, start=START if argv is None else None)
     device = resolve_device(args.device)
-    torch.set_float32_matmul_precision("high")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls (time MLP, head)
     if args.benchmark_steps:
         from .training.benchmark import run_benchmark
 
         run_benchmark(args, device, budget)
         return
     run = RunFolder(args.out_dir)
+    if args.stage == "export" and not args.resume:
+        args.resume = args.out_dir  # export a finished run in place
     source = ResumeSource(args.resume) if args.resume else None
     state = copy.deepcopy(source.state) if source is not None else new_state(args.seed)
     args.seed = state["seed"]
@@ -183,16 +186,13 @@ def export_stage(run, state, source, args, device, budget):
 
 
 def drop_dit(run):
-    """Remove a DiT that no longer matches the VAE (its config, weights and fp32 shards)."""
-    for folder, names in ((run.checkpoint, ("config.json", f"{DIT_WEIGHTS}.safetensors")), (run.resume, ())):
-        for name in names:
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                os.remove(path)
+    """Remove a DiT that no longer matches the VAE: its config, weights and fp32 shards."""
+    stale = [os.path.join(run.checkpoint, name) for name in ("config.json", f"{DIT_WEIGHTS}.safetensors")]
     if os.path.isdir(run.resume):
-        for name in os.listdir(run.resume):
-            if name.startswith(DIT_SHARDS):
-                os.remove(os.path.join(run.resume, name))
+        stale += [os.path.join(run.resume, name) for name in os.listdir(run.resume) if name.startswith(DIT_SHARDS)]
+    for path in stale:
+        if os.path.isfile(path):
+            os.remove(path)
 
 
 STAGE_RUNNERS = {"vae": vae_stage, "dit": dit_stage, "export": export_stage}

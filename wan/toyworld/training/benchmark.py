@@ -121,6 +121,6 @@ def run_benchmark(args, device, budget):
     modes = args.benchmark_compile or COMPILE_MODES
     rows += [(f"dit compile={mode}", result) for mode, result in benchmark_dit(args, device, budget, modes)]
     log.info("benchmark done in %.0f s", budget.elapsed())
-    print("== toyworld training benchmark (%s, %d timed steps each)" % (device, args.benchmark_steps))
+    print(f"== toyworld training benchmark ({device}, {args.benchmark_steps} timed steps each)")
     for name, result in rows:
         print(f"   {name}: {result}")

@@ -7,6 +7,7 @@ length (17 or 33 frames, so shapes stay static), a caption choice and dropout pe
 flow-matching noise; the weights' EMA is what ships.
 """
 import math
+import os
 import time
 
 import torch
@@ -188,7 +189,7 @@ def run_dit_stage(run, state, source, args, device, budget):
     (config.json + one bf16 safetensors file). Returns the stage summary."""
     previous = state.get("dit", {})
     call = previous.get("calls", 0)
-    vae = Wan2_2_VAE(vae_pth=f"{run.checkpoint}/{VAE_FILE}", device=device,
+    vae = Wan2_2_VAE(vae_pth=os.path.join(run.checkpoint, VAE_FILE), device=device,
                      dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     encoder = load_text_encoder(run.checkpoint, device)
     negative = embed_captions(encoder, [NEGATIVE_PROMPT], device, length=TEXT_LEN)[0]

@@ -100,6 +100,7 @@ def finish_export(folder, state):
                   "dit_init": state["seed"] + 2},
         "torch_version": torch.__version__,
         "architecture": facts,
+        "final_losses": final_losses(state),
         "training": state,
         "files": {name: {"bytes": size, "sha256": sha256_of(os.path.join(folder, name))}
                   for name, size in sizes.items() if name != PROVENANCE_FILE},
@@ -110,6 +111,17 @@ def finish_export(folder, state):
              "T5EncoderModel", folder, len(sizes) + (PROVENANCE_FILE not in sizes), total / 1e6,
              max(sizes.values()) / 2 ** 20)
     return provenance
+
+
+def final_losses(state):
+    """The last logged training losses of both stages and the DiT's held-out losses by sigma."""
+    def last(curve):
+        return curve[-1][2] if curve else None
+
+    vae, dit = state.get("vae", {}), state.get("dit", {})
+    return {"vae_train": last(vae.get("loss_curve")), "dit_train": last(dit.get("loss_curve")),
+            "dit_held_out_ema": dit.get("held_out_loss_ema"), "vae_held_out_psnr_db": vae.get("gates", {}).get(
+                "psnr_mean_db")}
 
 
 def model_card(state, facts):

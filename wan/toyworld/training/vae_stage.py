@@ -6,7 +6,7 @@ inference uses (frame 0 alone, then 4-frame chunks with the cache; one latent fr
 the decoder): the temporal down/up-sampling has defined semantics only there.
 """
 import contextlib
-import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +110,7 @@ def train_vae(vae, pool, window, args, device, first_step=0):
     generator = torch.Generator(device).manual_seed(args.seed + 11)
     progress_log = ProgressLog("vae", args.log_every_s)
     step = seen = 0
+    lr, frames = 0.0, None
     with trainable_norms():
         while not window.done(step):
             progress = window.progress(step)
@@ -128,7 +129,7 @@ def train_vae(vae, pool, window, args, device, first_step=0):
             progress_log.add(loss)
             step, seen = step + 1, seen + batch
             progress_log.maybe_print(first_step + step, lr, window, frames=frames)
-        progress_log.maybe_print(first_step + step, lr if step else 0.0, window, force=True, frames=frames)
+        progress_log.maybe_print(first_step + step, lr, window, force=True, frames=frames)
     return step, seen, progress_log.history
 
 
@@ -259,7 +260,7 @@ def run_vae_stage(run, state, source, args, device, budget):
     mean, std = latent_statistics(vae, stats_frames, args.vae_eval_batch, device)
     del stats_frames
     fold_latent_statistics_(vae, mean, std)
-    vae_path = f"{run.checkpoint}/{VAE_FILE}"
+    vae_path = os.path.join(run.checkpoint, VAE_FILE)
     save_vae_checkpoint(vae, vae_path)
     run.save_weights(vae.state_dict(), VAE_SHARDS)
 
@@ -292,4 +293,3 @@ def log_vae_summary(summary):
              gates["first_frame_latent_max_diff"])
     log.info("vae gate: RMS-norm gains still exactly 1: %d (target 0)", gates["frozen_gains"])
     log.info("vae loss curve (step, seconds, loss): %s", summary["loss_curve"])
-    return math.isfinite(gates["psnr_mean_db"])
