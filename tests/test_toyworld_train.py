@@ -18,7 +18,7 @@ from wan.modules.tokenizers import clean_text
 from wan.modules.vae2_2 import Wan2_2_VAE
 from wan.toyworld.tokenizer import build_caption_tokenizer, grammar_words
 from wan.toyworld.train import build_parser, main
-from wan.toyworld.training.common import new_state
+from wan.toyworld.training.common import make_optimizer, new_state
 from wan.toyworld.training.data import to_model_video
 from wan.toyworld.training.dit_model import build_dit, predict_velocity
 from wan.toyworld.training.dit_stage import DitTrainer, LatentSet, held_out_losses
@@ -26,7 +26,7 @@ from wan.toyworld.training.export import finish_export
 from wan.toyworld.training.flow_objective import flow_matching_loss, noisy_latents, token_timesteps
 from wan.toyworld.training.text import write_text_encoder
 from wan.toyworld.training.vae_stage import (UNNORMALISED, build_vae, fold_latent_statistics_, latent_statistics,
-                                             make_optimizer, posterior, reconstruction_loss, save_vae_checkpoint,
+                                             posterior, reconstruction_loss, save_vae_checkpoint,
                                              trainable_norms, vae_loss, vae_param_groups)
 from wan.toyworld.world import Scene, render_batch
 from wan.utils.fileio import torch_save_atomic
@@ -65,7 +65,7 @@ def test_vae_steps_reduce_the_loss_on_a_fixed_batch(clips):
             return float(reconstruction_loss(vae.decode(posterior(vae, video)[0], UNNORMALISED), video, weight))
 
     before = deterministic_loss()
-    optimizer = make_optimizer(vae_param_groups(vae, 0.0), 3e-3, "cpu")
+    optimizer = make_optimizer(vae_param_groups(vae, 0.0), 3e-3)
     generator = torch.Generator().manual_seed(0)
     with trainable_norms():
         for _ in range(10):

@@ -8,12 +8,12 @@ import torch
 
 from ...modules.vae2_2 import STD
 from ..world import render_batch
-from .common import autocast, log
+from .common import autocast, log, make_optimizer
 from .data import CLIP_FRAMES, ClipPool, draw_scenes, to_model_video
 from .dit_model import COMPILE_MODES, LATENT_CHANNELS, build_dit, compile_for_training
 from .dit_stage import DitTrainer, LatentSet, batch_for
 from .text import TEXT_ENCODER, TEXT_LEN
-from .vae_stage import build_vae, curriculum, make_optimizer, trainable_norms, vae_loss, vae_param_groups
+from .vae_stage import build_vae, curriculum, trainable_norms, vae_loss, vae_param_groups
 
 
 def _sync(device):
@@ -62,7 +62,7 @@ def benchmark_dit(args, device, budget, modes):
                 warm = time.perf_counter() - started
                 seconds = _timed(lambda: trainer.step(data, batch, negative, 5, 0.0), args.benchmark_steps, device)
                 results.append(f"{frames}f x{batch}: {seconds * 1e3:.1f} ms/step (first 3 steps {warm:.0f} s, "
-                               f"loss {float(loss):.3f})")
+                               f"loss {float(loss.detach()):.3f})")
             peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else 0.0
             rows.append((mode, "; ".join(results) + f"; peak {peak:.1f} GiB"))
         except Exception as exc:  # a variant that does not compile here is a result, not a crash
@@ -83,7 +83,7 @@ def benchmark_vae(args, device):
     vae = build_vae(args.vae_dim, args.vae_dec_dim).to(device)
     if device.type == "cuda":
         vae.use_channels_last()
-    optimizer = make_optimizer(vae_param_groups(vae, args.weight_decay), 1e-4, device)
+    optimizer = make_optimizer(vae_param_groups(vae, args.weight_decay), 1e-4)
     generator = torch.Generator(device).manual_seed(0)
     rows = []
 

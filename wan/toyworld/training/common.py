@@ -179,6 +179,13 @@ def learning_rate(step, progress, peak, final, warmup_steps):
     return cosine * min(1.0, (step + 1) / warmup_steps) if warmup_steps else cosine
 
 
+def make_optimizer(groups, lr):
+    """AdamW, betas (0.9, 0.99). The multi-tensor (foreach) form, not the fused kernel: that one
+    needs every gradient laid out exactly like its parameter, which channels-last convolution
+    weights (and their 1x1x1 kernels) do not promise."""
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), foreach=True)
+
+
 # ---------------------------------------------------------------------------- devices
 def autocast(device):
     """bf16 autocast on CUDA (fp32 master weights stay fp32); nothing on the CPU, where tests

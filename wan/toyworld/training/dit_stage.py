@@ -14,7 +14,7 @@ import torch
 
 from ...modules.vae2_2 import Wan2_2_VAE
 from ..world import caption, render_batch
-from .common import (DIT_SHARDS, VAE_FILE, ProgressLog, autocast, learning_rate, log, stage_rng,
+from .common import (DIT_SHARDS, VAE_FILE, ProgressLog, autocast, learning_rate, log, make_optimizer, stage_rng,
                      summarize_curve)
 from .data import CLIP_FRAMES, draw_scenes, to_model_video
 from .dit_model import build_dit, compile_for_training, predict_velocity
@@ -84,8 +84,7 @@ class DitTrainer:
         self.model, self.args, self.device = model, args, torch.device(device)
         self.params = [p for p in model.parameters()]
         self.ema = ema if ema is not None else [p.detach().clone() for p in self.params]
-        self.optimizer = torch.optim.AdamW(dit_param_groups(model, args.weight_decay), lr=args.dit_lr,
-                                           betas=(0.9, 0.99), fused=self.device.type == "cuda")
+        self.optimizer = make_optimizer(dit_param_groups(model, args.weight_decay), args.dit_lr)
         self.warmup_steps, self.first_step = warmup_steps, first_step
         self.cpu_generator = torch.Generator().manual_seed(seed)
         self.noise_generator = torch.Generator(self.device).manual_seed(seed + 1)

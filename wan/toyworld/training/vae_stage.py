@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from ...modules import vae_blocks
 from ...modules.vae2_2 import MEAN, STD, Wan2_2_VAE, WanVAE_
 from ...utils.fileio import torch_save_atomic
-from .common import VAE_FILE, VAE_SHARDS, ProgressLog, autocast, learning_rate, log, stage_rng, summarize_curve
+from .common import (VAE_FILE, VAE_SHARDS, ProgressLog, autocast, learning_rate, log, make_optimizer, stage_rng,
+                     summarize_curve)
 from .data import CLIP_FRAMES, ClipPool, draw_scenes, render_clips, to_model_video
 
 # encode/decode `scale` that leaves the latents as the network makes them (mean 0, 1/std 1).
@@ -98,14 +99,10 @@ def vae_param_groups(vae, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-def make_optimizer(groups, lr, device):
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), fused=torch.device(device).type == "cuda")
-
-
 def train_vae(vae, pool, window, args, device, first_step=0):
     """The training loop; returns (steps done, clips seen, loss history)."""
     vae.train().requires_grad_(True)
-    optimizer = make_optimizer(vae_param_groups(vae, args.weight_decay), args.vae_lr, device)
+    optimizer = make_optimizer(vae_param_groups(vae, args.weight_decay), args.vae_lr)
     warmup = args.vae_warmup if first_step == 0 else args.resume_warmup
     generator = torch.Generator(device).manual_seed(args.seed + 11)
     progress_log = ProgressLog("vae", args.log_every_s)
