@@ -184,6 +184,13 @@ def test_dit_steps_reduce_the_loss_on_a_fixed_batch():
 
 
 # ---------------------------------------------------------------------------- text encoder
+def test_text_encoder_files_are_the_same_bits_for_the_same_seed(tmp_path):
+    write_text_encoder(str(tmp_path / "a"), seed=0)
+    write_text_encoder(str(tmp_path / "b"), seed=0)
+    for name in ("models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/tokenizer.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
 def test_every_grammar_word_is_one_piece_and_special_ids_are_umt5s():
     tokenizer = build_caption_tokenizer()
     for word in grammar_words():

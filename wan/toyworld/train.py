@@ -1,5 +1,6 @@
 """Train the toy-world TI2V model and export it in the official TI2V-5B layout.
 
+    python -m wan.toyworld.train --stage text --out_dir RUN0       # only the text encoder (CPU, seconds)
     python -m wan.toyworld.train --stage vae --out_dir RUN [--resume DIR] [--time_budget_s 540]
     python -m wan.toyworld.train --stage dit --out_dir RUN2 --resume RUN [--dit_compile blocks]
     python -m wan.toyworld.train --stage export --out_dir RUN3 --resume RUN2
@@ -28,15 +29,15 @@ from .training.common import (DIT_SHARDS, DIT_WEIGHTS, VAE_FILE, Budget, ResumeS
                               log, new_state, resolve_device)
 from .training.dit_model import COMPILE_MODES, DIT_SIZE  # noqa: E402
 
-STAGES = ("vae", "dit", "export")
+STAGES = ("text", "vae", "dit", "export")
 
 
 def build_parser():
     parser = ArgumentParser(prog="python -m wan.toyworld.train", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--stage", required=True, choices=STAGES, help="vae: train and fold the VAE (writes the text encoder "
-        "too); dit: train the DiT on the frozen VAE's latents and export; export: rewrite the checkpoint's "
-        "model card and provenance from a finished run")
+    add("--stage", required=True, choices=STAGES, help="text: write the frozen text encoder and tokenizer only; "
+        "vae: train and fold the VAE (writes the text encoder too if missing); dit: train the DiT on the frozen "
+        "VAE's latents and export; export: rewrite the checkpoint's model card and provenance")
     add("--out_dir", required=True, help="run folder to write (checkpoint/ and resume/)")
     add("--resume", help="run folder or exported checkpoint folder to continue from")
     add("--seed", type=int, default=0, help="base seed of a new run (a resumed run keeps its own)")
@@ -110,6 +111,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls (time MLP, head)
+        torch.backends.cudnn.benchmark = True  # the VAE's convolutions see a handful of fixed shapes
     if args.benchmark_steps:
         from .training.benchmark import run_benchmark
 
@@ -135,13 +137,20 @@ def main(argv=None):
         print(f"   {line}")
 
 
-def vae_stage(run, state, source, args, device, budget):
+def text_stage(run, state, source, args, device, budget):
     from .training.text import check_distinct_captions, has_text_encoder, load_text_encoder, write_text_encoder
-    from .training.vae_stage import log_vae_summary, run_vae_stage
 
     if not has_text_encoder(run.checkpoint):
         write_text_encoder(run.checkpoint, args.seed)
-        check_distinct_captions(load_text_encoder(run.checkpoint, device), device)
+    closest = check_distinct_captions(load_text_encoder(run.checkpoint, device), device)
+    return [f"text encoder: {run.checkpoint}, appearance captions distinct (closest pair {closest:.3g} apart)"]
+
+
+def vae_stage(run, state, source, args, device, budget):
+    from .training.text import has_text_encoder
+    from .training.vae_stage import log_vae_summary, run_vae_stage
+
+    lines = [] if has_text_encoder(run.checkpoint) else text_stage(run, state, source, args, device, budget)
     if state.get("dit"):
         log.warning("vae stage: the DiT of this run was trained on the old VAE's latents; it is dropped")
         drop_dit(run)
@@ -152,7 +161,7 @@ def vae_stage(run, state, source, args, device, budget):
         Image.fromarray(strip.numpy()).save(tmp, format="PNG")
     log_vae_summary(summary)
     gates = summary["gates"]
-    return [f"vae: {summary['steps']} steps, held-out PSNR {gates['psnr_mean_db']:.2f} dB "
+    return lines + [f"vae: {summary['steps']} steps, held-out PSNR {gates['psnr_mean_db']:.2f} dB "
             f"(min {gates['psnr_min_db']:.2f}), latent |mean| <= {gates['latent_mean_abs_max']:.3f}, "
             f"std {gates['latent_std_min']:.3f}..{gates['latent_std_max']:.3f}, "
             f"frame-0 diff {gates['first_frame_latent_max_diff']:.1e}, frozen gains {gates['frozen_gains']}"]
@@ -195,7 +204,7 @@ def drop_dit(run):
             os.remove(path)
 
 
-STAGE_RUNNERS = {"vae": vae_stage, "dit": dit_stage, "export": export_stage}
+STAGE_RUNNERS = {"text": text_stage, "vae": vae_stage, "dit": dit_stage, "export": export_stage}
 
 
 if __name__ == "__main__":

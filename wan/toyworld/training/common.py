@@ -8,6 +8,7 @@ kept: a resumed stage starts a fresh AdamW with a short warm-up.
 """
 import contextlib
 import glob
+import io
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import torch
 from ...configs import WAN_CONFIGS
 from ...errors import WanInputError
 from ...utils.checkpoint import load_pth, load_safetensors_dir, save_sharded_safetensors
-from ...utils.fileio import write_json_atomic
+from ...utils.fileio import atomic_path, write_json_atomic
 from ..world import SPEC_VERSION
 
 log = logging.getLogger("wan.toyworld.train")
@@ -93,11 +94,15 @@ class ResumeSource:
         return load_safetensors_dir(self.resume, prefix, what=f"{prefix} resume weights")
 
     def vae_weights(self):
-        """fp32 VAE weights: the run's fp32 shards, else the checkpoint's bf16 file."""
+        """fp32 VAE weights: the run's fp32 shards, else the checkpoint's bf16 file; None when
+        this source has no VAE yet (a run of the text stage only)."""
         shards = self.shards(VAE_SHARDS)
         if shards is not None:
             return shards
-        state = load_pth(os.path.join(self.checkpoint, VAE_FILE), "VAE checkpoint")
+        path = os.path.join(self.checkpoint, VAE_FILE)
+        if not os.path.isfile(path):
+            return None
+        state = load_pth(path, "VAE checkpoint")
         return {k: v.float() for k, v in state.items()}
 
     def dit_weights(self):
@@ -122,6 +127,16 @@ class ResumeSource:
                 target = os.path.join(run.checkpoint, os.path.relpath(source, self.checkpoint))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copy2(source, target)
+
+
+def save_pth(state_dict, path):
+    """torch.save a state dict atomically with the same bytes for the same tensors. Saved through
+    a buffer: torch.save names the archive inside the file after the path it writes to, and the
+    atomic writer's temporary names are random."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def _read_json(path):

@@ -14,9 +14,8 @@ from ...configs import WAN_CONFIGS
 from ...errors import WanInputError
 from ...modules.t5 import T5EncoderModel
 from ...tools.tiny_t5 import T5_CHECKPOINT_NAME, T5_TOKENIZER_NAME, tiny_t5_state
-from ...utils.fileio import torch_save_atomic
 from ..tokenizer import appearance_captions, build_caption_tokenizer
-from .common import log
+from .common import log, save_pth
 
 TEXT_ENCODER = dict(dim=64, heads=4, ffn=128, layers=2, buckets=32)
 TEXT_LEN = WAN_CONFIGS["ti2v-5B"].text_len  # 512: the DiT pads every prompt to this many tokens
@@ -37,7 +36,7 @@ def write_text_encoder(checkpoint_dir, seed):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     state = tiny_t5_state(len(tokenizer), seed, **TEXT_ENCODER)
-    torch_save_atomic(state, os.path.join(checkpoint_dir, T5_CHECKPOINT_NAME))
+    save_pth(state, os.path.join(checkpoint_dir, T5_CHECKPOINT_NAME))
 
 
 def has_text_encoder(checkpoint_dir):

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 
 from ...modules import vae_blocks
 from ...modules.vae2_2 import MEAN, STD, Wan2_2_VAE, WanVAE_
-from ...utils.fileio import torch_save_atomic
-from .common import (VAE_FILE, VAE_SHARDS, ProgressLog, autocast, learning_rate, log, make_optimizer, stage_rng,
-                     summarize_curve)
+from .common import (VAE_FILE, VAE_SHARDS, ProgressLog, autocast, learning_rate, log, make_optimizer, save_pth,
+                     stage_rng, summarize_curve)
 from .data import CLIP_FRAMES, ClipPool, draw_scenes, render_clips, to_model_video
 
 # encode/decode `scale` that leaves the latents as the network makes them (mean 0, 1/std 1).
@@ -176,8 +175,7 @@ def fold_latent_statistics_(vae, mean, std, target_mean=MEAN, target_std=STD):
 # ---------------------------------------------------------------------------- export and gates
 def save_vae_checkpoint(vae, path):
     """The official Wan2.2_VAE.pth layout (a plain state dict), in bf16."""
-    torch_save_atomic({k: v.detach().to(torch.bfloat16).contiguous().cpu() for k, v in vae.state_dict().items()},
-                      path)
+    save_pth({k: v.detach().to(torch.bfloat16).contiguous().cpu() for k, v in vae.state_dict().items()}, path)
 
 
 def psnr(a, b):
