@@ -25,8 +25,8 @@ from wan.toyworld.training.dit_stage import DitTrainer, LatentSet, held_out_loss
 from wan.toyworld.training.export import finish_export
 from wan.toyworld.training.flow_objective import flow_matching_loss, noisy_latents, token_timesteps
 from wan.toyworld.training.text import write_text_encoder
-from wan.toyworld.training.vae_stage import (UNNORMALISED, build_vae, fold_latent_statistics_, latent_statistics,
-                                             posterior, reconstruction_loss, save_vae_checkpoint,
+from wan.toyworld.training.vae_stage import (UNNORMALISED, build_vae, floor_collapsed, fold_latent_statistics_,
+                                             latent_statistics, posterior, reconstruction_loss, save_vae_checkpoint,
                                              trainable_norms, vae_loss, vae_param_groups)
 from wan.toyworld.world import Scene, render_batch
 from wan.utils.fileio import torch_save_atomic
@@ -113,6 +113,11 @@ def test_folding_the_statistics_is_exact_through_the_official_wrapper(clips, tmp
         torch.testing.assert_close(channel_mean, torch.zeros(48), atol=1e-4, rtol=0)
         torch.testing.assert_close(channel_std, torch.ones(48), atol=1e-4, rtol=0)
         torch.testing.assert_close(torch.stack(wrapper.decode(list(unit))), decoded, atol=1e-4, rtol=1e-4)
+
+
+def test_collapsed_latent_channels_are_not_blown_up_to_unit_std():
+    std, collapsed = floor_collapsed(torch.tensor([1.0, 0.8, 1e-4, 1.2, 0.9]))
+    assert collapsed == 1 and std.tolist() == pytest.approx([1.0, 0.8, 0.045, 1.2, 0.9])
 
 
 # ---------------------------------------------------------------------------- DiT stage

@@ -163,7 +163,8 @@ def vae_stage(run, state, source, args, device, budget):
     gates = summary["gates"]
     return lines + [f"vae: {summary['steps']} steps, held-out PSNR {gates['psnr_mean_db']:.2f} dB "
             f"(min {gates['psnr_min_db']:.2f}), latent |mean| <= {gates['latent_mean_abs_max']:.3f}, "
-            f"std {gates['latent_std_min']:.3f}..{gates['latent_std_max']:.3f}, "
+            f"std {gates['latent_std_min']:.3f}..{gates['latent_std_max']:.3f} "
+            f"({summary['collapsed_channels']} collapsed), "
             f"frame-0 diff {gates['first_frame_latent_max_diff']:.1e}, frozen gains {gates['frozen_gains']}"]
 
 

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from ...flow import seq_len_for
 from ...modules.vae2_2 import Wan2_2_VAE
 from ..world import caption, render_batch
 from .common import (DIT_SHARDS, VAE_FILE, ProgressLog, autocast, learning_rate, log, make_optimizer, stage_rng,
@@ -68,6 +69,12 @@ def encode_clips(vae, encoder, rng, count, device, deadline, frames=None, batch=
     return sets
 
 
+def token_counts(latents, patch_size):
+    """(tokens of a sample, tokens of its first latent frame) for latents [B, C, F, H, W]."""
+    shape = latents.shape[1:]
+    return seq_len_for(shape, patch_size), seq_len_for((shape[0], 1, *shape[2:]), patch_size)
+
+
 def dit_param_groups(model, weight_decay):
     """Weight decay on weight matrices and the patch kernel; none on biases, norms, modulation."""
     decay, keep = [], []
@@ -99,9 +106,7 @@ class DitTrainer:
                           args.blend_share, args.motion_share, args.caption_dropout)
         on_device = draws.to(self.device)
         x0 = data.latents[on_device.clip]
-        _, _, frames, height, width = x0.shape
-        first_frame_tokens = (height // 2) * (width // 2)
-        timesteps = token_timesteps(draws.sigma, draws.image, frames * first_frame_tokens, first_frame_tokens)
+        timesteps = token_timesteps(draws.sigma, draws.image, *token_counts(x0, self.model.patch_size))
         noise = torch.randn(x0.shape, generator=self.noise_generator, device=self.device)
         x = noisy_latents(x0, noise, on_device.sigma, on_device.image, on_device.blend)
         context = data.context(on_device.clip, on_device.motion, on_device.drop, negative)
@@ -167,8 +172,7 @@ def held_out_losses(model, data, negative, device, seed, batch=64):
             sigmas = torch.full((count,), sigma)
             noise = torch.randn(x0.shape, generator=generator, device=device)
             x = noisy_latents(x0, noise, sigmas.to(device), image.to(device), torch.zeros(count, device=device))
-            tokens_per_frame = (x0.shape[3] // 2) * (x0.shape[4] // 2)
-            timesteps = token_timesteps(sigmas, image, x0.shape[2] * tokens_per_frame, tokens_per_frame)
+            timesteps = token_timesteps(sigmas, image, *token_counts(x0, model.patch_size))
             with autocast(device):
                 prediction = predict_velocity(model, x, timesteps, data.context(clip, no, no, negative))
             total += float(flow_matching_loss(prediction, x0, noise, image.to(device))) * count

@@ -116,7 +116,7 @@ def train_vae(vae, pool, window, args, device, first_step=0):
             frames, batch = curriculum(progress, args)
             video, weight = pool.batch(batch, frames, generator, args.edge_weight)
             with autocast(device):
-                loss, rec, kl = vae_loss(vae, video, weight, generator, args.kl_weight)
+                loss, _, _ = vae_loss(vae, video, weight, generator, args.kl_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), args.grad_clip)
@@ -143,6 +143,15 @@ def latent_statistics(vae, frames, batch, device):
         count += mu.numel() // mu.shape[1]
     mean = total / count
     return mean, (square / count - mean.square()).clamp_min(0).sqrt()
+
+
+def floor_collapsed(std, fraction=0.05):
+    """Channels the KL term switched off (posterior mean ~constant, std far below the others')
+    keep their small scale instead of being blown up to unit std: folding divides by the std, and
+    would turn a collapsed channel into amplified noise the DiT must then model. Returns the std
+    to fold with and how many channels were floored."""
+    floor = fraction * std.median()
+    return std.clamp_min(floor), int((std < floor).sum())
 
 
 @torch.no_grad()
@@ -254,7 +263,8 @@ def run_vae_stage(run, state, source, args, device, budget):
     stats_frames, _ = render_clips(draw_scenes(rng, args.vae_stats_clips, CLIP_FRAMES), device)
     mean, std = latent_statistics(vae, stats_frames, args.vae_eval_batch, device)
     del stats_frames
-    fold_latent_statistics_(vae, mean, std)
+    folded_std, collapsed = floor_collapsed(std)
+    fold_latent_statistics_(vae, mean, folded_std)
     vae_path = os.path.join(run.checkpoint, VAE_FILE)
     save_vae_checkpoint(vae, vae_path)
     run.save_weights(vae.state_dict(), VAE_SHARDS)
@@ -270,6 +280,7 @@ def run_vae_stage(run, state, source, args, device, budget):
         "calls": previous.get("calls", 0) + 1,
         "measured_latent_mean_abs_max": round(float(mean.abs().max()), 4),
         "measured_latent_std_range": [round(float(std.min()), 4), round(float(std.max()), 4)],
+        "collapsed_channels": collapsed,
         "loss_curve": summarize_curve(history),
         "gates": gates,
     }
@@ -282,8 +293,9 @@ def log_vae_summary(summary):
              summary["calls"], summary["seconds"], summary["clips_seen"])
     log.info("vae gate: held-out 17-frame PSNR %.2f dB mean, %.2f dB min (%d clips; target >= 32)",
              gates["psnr_mean_db"], gates["psnr_min_db"], gates["clips"])
-    log.info("vae gate: after folding, latent |mean| <= %.3f, std in [%.3f, %.3f] (target ~0 / ~1)",
-             gates["latent_mean_abs_max"], gates["latent_std_min"], gates["latent_std_max"])
+    log.info("vae gate: after folding, latent |mean| <= %.3f, std in [%.3f, %.3f] (target ~0 / ~1; %d collapsed "
+             "channels keep a small std)", gates["latent_mean_abs_max"], gates["latent_std_min"],
+             gates["latent_std_max"], summary["collapsed_channels"])
     log.info("vae gate: encode(frame 0) vs frame 0 of the clip latent, max diff %.2e (target < 1e-3)",
              gates["first_frame_latent_max_diff"])
     log.info("vae gate: RMS-norm gains still exactly 1: %d (target 0)", gates["frozen_gains"])
