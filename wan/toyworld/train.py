@@ -7,27 +7,28 @@
     python -m wan.toyworld.train --stage dit --out_dir X --benchmark_steps 10   # timings only
 
 Every schedule (learning rates, the VAE curriculum, the DiT data budget) is a function of the time
-elapsed since the script started, so a call ends inside --time_budget_s whatever the step rate.
+elapsed since the script started (after its imports), so a call ends inside --time_budget_s whatever the step rate.
 --resume takes a run folder (resume/state.json, fp32 shards) or an exported checkpoint folder.
 --pack_dir copies the run folder as at most a handful of files (big files as they are, small ones
 in small_files.tar) for transports that limit the file count. docs/TRAINING.md has the recipe.
 """
 import copy
-import logging
 import os
-import time
 
-START = time.monotonic()  # the time budget counts from here
+import torch
+from PIL import Image
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from ..errors import WanInputError  # noqa: E402
-from ..utils.cli import ArgumentParser, run_cli, setup_logging  # noqa: E402
-from ..utils.fileio import atomic_path  # noqa: E402
-from .training.common import (DIT_SHARDS, DIT_WEIGHTS, VAE_FILE, Budget, ResumeSource, RunFolder,  # noqa: E402
-                              log, new_state, resolve_device)
-from .training.dit_model import COMPILE_MODES, DIT_SIZE  # noqa: E402
+from ..errors import WanInputError
+from ..utils.cli import ArgumentParser, run_cli, setup_logging
+from ..utils.fileio import atomic_path
+from .training.benchmark import run_benchmark
+from .training.common import (DIT_SHARDS, DIT_WEIGHTS, VAE_FILE, Budget, ResumeSource, RunFolder, log, new_state,
+                              resolve_device)
+from .training.dit_model import COMPILE_MODES, DIT_SIZE
+from .training.dit_stage import log_dit_summary, run_dit_stage
+from .training.export import finish_export, pack_for_transport
+from .training.text import check_distinct_captions, has_text_encoder, load_text_encoder, write_text_encoder
+from .training.vae_stage import log_vae_summary, run_vae_stage
 
 STAGES = ("text", "vae", "dit", "export")
 
@@ -43,7 +44,7 @@ def build_parser():
     add("--seed", type=int, default=0, help="base seed of a new run (a resumed run keeps its own)")
     add("--device", help="cuda or cpu (default: cuda when available)")
     add("--time_budget_s", type=float, default=540.0,
-        help="wall-clock seconds for the whole call, counted from the script's start")
+        help="wall-clock seconds for the whole call, counted from the end of the Python imports")
     add("--max_steps", type=int, help="stop after this many steps; schedules then follow steps, not time")
     add("--pack_dir", help="also copy the run folder here as few files (see the module help)")
     add("--benchmark_steps", type=int, default=0, help="time N steps of each variant instead of training")
@@ -106,15 +107,12 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
-    logging.getLogger("wan.toyworld.train").setLevel(logging.INFO)
-    budget = Budget(args.time_budget_s, start=START if argv is None else None)
+    budget = Budget(args.time_budget_s)
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls (time MLP, head)
         torch.backends.cudnn.benchmark = True  # the VAE's convolutions see a handful of fixed shapes
     if args.benchmark_steps:
-        from .training.benchmark import run_benchmark
-
         run_benchmark(args, device, budget)
         return
     run = RunFolder(args.out_dir)
@@ -128,8 +126,6 @@ def main(argv=None):
     lines = STAGE_RUNNERS[args.stage](run, state, source, args, device, budget)
     run.write_state(state)
     if args.pack_dir:
-        from .training.export import pack_for_transport
-
         pack_for_transport(run.root, args.pack_dir)
     print(f"== toyworld train: stage {args.stage} done in {budget.elapsed():.0f} s "
           f"(budget {args.time_budget_s:.0f} s), run folder {run.root}")
@@ -138,8 +134,6 @@ def main(argv=None):
 
 
 def text_stage(run, state, source, args, device, budget):
-    from .training.text import check_distinct_captions, has_text_encoder, load_text_encoder, write_text_encoder
-
     if not has_text_encoder(run.checkpoint):
         write_text_encoder(run.checkpoint, args.seed)
     closest = check_distinct_captions(load_text_encoder(run.checkpoint, device), device)
@@ -147,9 +141,6 @@ def text_stage(run, state, source, args, device, budget):
 
 
 def vae_stage(run, state, source, args, device, budget):
-    from .training.text import has_text_encoder
-    from .training.vae_stage import log_vae_summary, run_vae_stage
-
     lines = [] if has_text_encoder(run.checkpoint) else text_stage(run, state, source, args, device, budget)
     if state.get("dit"):
         log.warning("vae stage: the DiT of this run was trained on the old VAE's latents; it is dropped")
@@ -169,10 +160,6 @@ def vae_stage(run, state, source, args, device, budget):
 
 
 def dit_stage(run, state, source, args, device, budget):
-    from .training.dit_stage import log_dit_summary, run_dit_stage
-    from .training.export import finish_export
-    from .training.text import has_text_encoder
-
     if not (os.path.isfile(os.path.join(run.checkpoint, VAE_FILE)) and has_text_encoder(run.checkpoint)):
         raise WanInputError(f"{run.checkpoint} has no trained VAE and text encoder: run the vae stage first and "
                             "resume from its folder")
@@ -188,8 +175,6 @@ def dit_stage(run, state, source, args, device, budget):
 
 
 def export_stage(run, state, source, args, device, budget):
-    from .training.export import finish_export
-
     provenance = finish_export(run.checkpoint, state)
     size = sum(entry["bytes"] for entry in provenance["files"].values())
     return [f"checkpoint: {run.checkpoint}, {len(provenance['files']) + 1} files, {size / 1e6:.1f} MB"]

@@ -159,12 +159,9 @@ class Budget:
     def elapsed(self):
         return time.monotonic() - self.start
 
-    def window(self, reserve_s, max_steps=None, cap_s=None):
-        """A TrainingWindow from now until `reserve_s` before the end (or `cap_s` from now)."""
-        end = self.start + self.total_s - reserve_s
-        if cap_s is not None:
-            end = min(end, time.monotonic() + cap_s)
-        return TrainingWindow(end, max_steps)
+    def window(self, reserve_s, max_steps=None):
+        """A TrainingWindow from now until `reserve_s` before the end of the budget."""
+        return TrainingWindow(self.start + self.total_s - reserve_s, max_steps)
 
 
 class TrainingWindow:
@@ -243,7 +240,7 @@ class ProgressLog:
         details = "".join(f" {k} {v}" for k, v in extra.items())
         log.info("%s step %d loss %.5f lr %.2e %.1f steps/s elapsed %.0fs%s", self.name, step, mean, lr, rate,
                  window.seconds(), details)
-        self.history.append((step, round(window.seconds(), 1), mean))
+        self.history.append((step, round(window.seconds(), 1), round(mean, 5)))
         self.total, self.count, self.last, self.last_step = None, 0, now, step
 
 

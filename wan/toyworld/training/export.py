@@ -81,6 +81,7 @@ def verify_loads(folder):
         "dit_parameters": sum(p.numel() for p in dit.parameters()),
         "dit_config": dit.config,
         "vae_parameters": sum(p.numel() for p in vae.model.parameters()),
+        "vae_widths": [vae.model.encoder.conv1.weight.shape[0], vae.model.decoder.head[2].weight.shape[1]],
         "text_encoder_parameters": sum(p.numel() for p in encoder.model.parameters()),
         "tokenizer_pieces": len(encoder.tokenizer.tokenizer),
     }
@@ -128,6 +129,20 @@ def model_card(state, facts):
     vae, dit = state.get("vae", {}), state.get("dit", {})
     gates = vae.get("gates", {})
     config = facts["dit_config"]
+    head_dim = config["dim"] // config["num_heads"]
+    encoder_width, decoder_width = facts["vae_widths"]
+    parts = [
+        ("DiT (`diffusion_pytorch_model.safetensors`, EMA weights)",
+         f"ti2v, dim {config['dim']}, ffn {config['ffn_dim']}, {config['num_heads']} heads of {head_dim}, "
+         f"{config['num_layers']} layers", f"{facts['dit_parameters'] / 1e6:.2f} M"),
+        ("VAE (`Wan2.2_VAE.pth`)", f"Wan2.2 structure, encoder width {encoder_width}, decoder width "
+         f"{decoder_width}, 48 latent channels", f"{facts['vae_parameters'] / 1e6:.2f} M"),
+        ("text encoder (`models_t5_umt5-xxl-enc-bf16.pth`)", "umT5 layout, dim 64, 2 layers, frozen random weights",
+         f"{facts['text_encoder_parameters'] / 1e6:.2f} M"),
+        ("tokenizer (`google/umt5-xxl/`)", "SentencePiece, every caption word one piece, umT5 special ids",
+         f"{facts['tokenizer_pieces']} pieces"),
+    ]
+    table = "\n".join(f"| {name} | {what} | {size} |" for name, what, size in parts)
     return f"""# Toy Wan2.2 TI2V ({SPEC_VERSION})
 
 A miniature text+image-to-video model with the file layout and key names of Wan2.2 TI2V-5B,
@@ -141,10 +156,7 @@ ground truth to score against. It is not a general video model.
 
 | part | configuration | parameters |
 |---|---|---|
-| DiT (`diffusion_pytorch_model.safetensors`, EMA weights) | ti2v, dim {config['dim']}, ffn {config['ffn_dim']}, {config['num_heads']} heads of {config['dim'] // config['num_heads']}, {config['num_layers']} layers | {facts['dit_parameters'] / 1e6:.2f} M |
-| VAE (`Wan2.2_VAE.pth`) | Wan2.2 structure, encoder width 16, decoder width 24, 48 latent channels | {facts['vae_parameters'] / 1e6:.2f} M |
-| text encoder (`models_t5_umt5-xxl-enc-bf16.pth`) | umT5 layout, dim 64, 2 layers, frozen random weights | {facts['text_encoder_parameters'] / 1e6:.2f} M |
-| tokenizer (`google/umt5-xxl/`) | SentencePiece, every caption word one piece, umT5 special ids | {facts['tokenizer_pieces']} pieces |
+{table}
 
 All weights are stored in bf16. The VAE's latent statistics are folded into its first and last
 1x1x1 convolutions, so the official MEAN/STD constants of the Wan2.2 VAE give unit latents.
