@@ -21,7 +21,7 @@ from wan.toyworld.train import build_parser, main
 from wan.toyworld.training.common import make_optimizer, new_state
 from wan.toyworld.training.data import to_model_video
 from wan.toyworld.training.dit_model import build_dit, predict_velocity
-from wan.toyworld.training.dit_stage import DitTrainer, LatentSet, held_out_losses
+from wan.toyworld.training.dit_stage import DitTrainer, LatentSet, first_compiled_step, held_out_losses
 from wan.toyworld.training.export import finish_export
 from wan.toyworld.training.flow_objective import flow_matching_loss, noisy_latents, token_timesteps
 from wan.toyworld.training.text import write_text_encoder
@@ -186,6 +186,26 @@ def test_dit_steps_reduce_the_loss_on_a_fixed_batch():
     after = held_out_losses(model.eval(), data, negative, "cpu", seed=5)
     assert sum(after.values()) < 0.9 * sum(before.values())
     assert all(torch.equal(e, p) for e, p in zip(trainer.ema, model.parameters()))  # before ema_start
+
+
+def test_a_compiler_failure_falls_back_to_eager_training(caplog):
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("this compiler cannot build the block")
+
+    args = tiny_args("--dit_compile", "blocks")
+    generator = torch.Generator().manual_seed(0)
+    data = LatentSet(torch.randn(2, 48, 2, 4, 4, generator=generator),
+                     torch.randn(2, 2, 6, 64, generator=generator).to(torch.bfloat16))
+    model = build_dit(0, args.dit_dim, args.dit_ffn_dim, args.dit_heads, args.dit_layers)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    for block in model.blocks:
+        block.compile(backend=broken_backend)
+    trainer = DitTrainer(model, None, args, "cpu", warmup_steps=1, first_step=0, seed=0)
+    with caplog.at_level("WARNING", logger="wan.toyworld.train"):
+        loss, _ = first_compiled_step(trainer, data, 2, torch.zeros(512, 64, dtype=torch.bfloat16), 0, 0.0, args)
+    assert "training eagerly" in caplog.text and args.dit_compile == "none"
+    assert torch.isfinite(loss) and all(block._compiled_call_impl is None for block in model.blocks)
+    assert any(not torch.equal(v, reference[k]) for k, v in model.state_dict().items())  # the eager step trained
 
 
 # ---------------------------------------------------------------------------- text encoder

@@ -14,6 +14,7 @@ LATENT_CHANNELS = 48
 # so the RoPE split and the attention kernels see the official head size.
 DIT_SIZE = dict(dim=256, ffn_dim=1024, num_heads=2, num_layers=6, freq_dim=256)
 COMPILE_MODES = ("none", "sublayers", "blocks", "blocks-cudagraphs")
+SUBLAYERS = ("self_attention_sublayer", "cross_attention_sublayer", "ffn_sublayer")  # what compile_blocks wraps
 
 
 def build_dit(seed, dim, ffn_dim, num_heads, num_layers, freq_dim=256, text_dim=TEXT_ENCODER["dim"]):
@@ -95,4 +96,15 @@ def compile_for_training(model, mode):
         raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
     for block in model.blocks:
         block.compile(**options)
+    return model
+
+
+def uncompile(model):
+    """Undo compile_for_training: the blocks run eagerly again (same weights, same parameters,
+    so the optimiser's state stays valid)."""
+    for block in model.blocks:
+        block._compiled_call_impl = None  # where nn.Module.compile keeps the compiled call
+        for name in SUBLAYERS:
+            block.__dict__.pop(name, None)  # compile_blocks shadows the methods per instance
+    torch._dynamo.reset()
     return model

@@ -18,7 +18,7 @@ from ..world import caption, render_batch
 from .common import (DIT_SHARDS, VAE_FILE, ProgressLog, autocast, learning_rate, log, make_optimizer, stage_rng,
                      summarize_curve)
 from .data import CLIP_FRAMES, draw_scenes, to_model_video
-from .dit_model import build_dit, compile_for_training, predict_velocity
+from .dit_model import build_dit, compile_for_training, predict_velocity, uncompile
 from .flow_objective import draw_step, flow_matching_loss, noisy_latents, token_timesteps
 from .text import NEGATIVE_PROMPT, TEXT_LEN, embed_captions, load_text_encoder
 
@@ -144,15 +144,34 @@ def train_dit(trainer, sets, negative, window, args):
     progress_log = ProgressLog("dit", args.log_every_s)
     step, seen, lr = 0, 0, 0.0
     choice = torch.Generator().manual_seed(args.seed + 31)
+    compiled_lengths = set()
     while not window.done(step):
         frames = choose_set(sets, choice, args.long_clip_share)
         batch = batch_for(frames, args)
-        loss, lr = trainer.step(sets[frames], batch, negative, step, window.progress(step))
+        if args.dit_compile != "none" and frames not in compiled_lengths:
+            loss, lr = first_compiled_step(trainer, sets[frames], batch, negative, step, window.progress(step), args)
+            compiled_lengths.add(frames)
+        else:
+            loss, lr = trainer.step(sets[frames], batch, negative, step, window.progress(step))
         progress_log.add(loss)
         step, seen = step + 1, seen + batch
         progress_log.maybe_print(trainer.first_step + step, lr, window)
     progress_log.maybe_print(trainer.first_step + step, lr, window, force=True)
     return step, seen, progress_log.history
+
+
+def first_compiled_step(trainer, data, batch, negative, step, progress, args):
+    """The first step of a clip length compiles it. Should the compiler fail on this machine,
+    the run goes on eagerly rather than losing the call: a failed step has not touched the
+    weights, the optimiser or the EMA."""
+    try:
+        return trainer.step(data, batch, negative, step, progress)
+    except Exception as exc:  # any compiler failure; eager mode is the reference path
+        log.warning("dit: compile mode %s failed (%s: %s); training eagerly", args.dit_compile,
+                    exc.__class__.__name__, str(exc).splitlines()[0][:200])
+        uncompile(trainer.model)
+        args.dit_compile = "none"
+        return trainer.step(data, batch, negative, step, progress)
 
 
 @torch.no_grad()
