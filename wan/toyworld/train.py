@@ -97,8 +97,9 @@ def build_parser():
     dit.add_argument("--dit_data_share", type=float, default=0.3,
                      help="at most this share of the remaining time goes to rendering and encoding")
     dit.add_argument("--dit_eval_clips", type=int, default=64, help="held-out clips for the loss by sigma")
-    dit.add_argument("--dit_compile", default="none", choices=COMPILE_MODES,
-                     help="how the blocks are compiled for training (see --benchmark_steps)")
+    dit.add_argument("--dit_compile", default="auto", choices=("auto",) + COMPILE_MODES,
+                     help="how the blocks are compiled for training: auto is blocks on CUDA, none on the CPU "
+                          "(see --benchmark_steps); a mode that fails to compile falls back to none")
     dit.add_argument("--dit_reserve_s", type=float, default=45.0,
                      help="seconds kept after training for evaluation and export")
     return parser
@@ -119,6 +120,8 @@ def main(argv=None):
     if args.stage == "export" and not args.resume:
         args.resume = args.out_dir  # export a finished run in place
     source = ResumeSource(args.resume) if args.resume else None
+    if args.dit_compile == "auto":
+        args.dit_compile = "blocks" if device.type == "cuda" else "none"
     state = copy.deepcopy(source.state) if source is not None else new_state(args.seed)
     args.seed = state["seed"]
     if source is not None:

@@ -255,6 +255,8 @@ def run_dit_stage(run, state, source, args, device, budget):
         "seconds": round(previous.get("seconds", 0.0) + seconds, 1),
         "calls": call + 1,
         "clips_in_data": {str(f): len(s) for f, s in sets.items()},
+        "compile_mode": args.dit_compile,
+        "steps_per_s_this_call": round(steps / max(seconds, 1e-9), 2),
         "loss_curve": summarize_curve(history),
         "held_out_loss_raw": raw_losses,
         "held_out_loss_ema": ema_losses,
@@ -262,8 +264,9 @@ def run_dit_stage(run, state, source, args, device, budget):
 
 
 def log_dit_summary(summary):
-    log.info("dit summary: %d steps in %d calls, %.0fs of training, %d clip samples", summary["steps"],
-             summary["calls"], summary["seconds"], summary["clips_seen"])
+    log.info("dit summary: %d steps in %d calls, %.0fs of training, %d clip samples; this call %.2f steps/s "
+             "(compile %s) on %s clips", summary["steps"], summary["calls"], summary["seconds"], summary["clips_seen"],
+             summary["steps_per_s_this_call"], summary["compile_mode"], summary["clips_in_data"])
     log.info("dit loss curve (step, seconds, loss): %s", summary["loss_curve"])
     log.info("dit held-out loss by sigma, image-conditioned (raw): %s", summary["held_out_loss_raw"])
     log.info("dit held-out loss by sigma, image-conditioned (EMA, shipped): %s", summary["held_out_loss_ema"])
