@@ -1,5 +1,28 @@
-"""toyworld-v1: a procedural video world (shapes bouncing over a static background) with exact
-ground truth, edit/continuation benchmark cases and pixel metrics. Spec: docs/TOYWORLD.md."""
+"""toyworld-v1: a procedural video world (flat shapes bouncing over a static background) with exact
+ground truth, edit and continuation benchmark cases, and pixel metrics. Spec: docs/TOYWORLD.md.
+
+- world: scene specs, render / render_batch, captions, samplers
+- cases: edit and continuation cases, their JSON files
+- metrics: segmentation, per-case metrics and pass rules, seed diversity, procedural captioner
+"""
+from .cases import (  # noqa: F401
+    ContinuationCase,
+    EditCase,
+    load_cases,
+    make_continuation_cases,
+    make_edit_cases,
+    save_cases,
+)
+from .metrics import (  # noqa: F401
+    circular_variance,
+    continuation_metrics,
+    continuation_passes,
+    edit_metrics,
+    edit_passes,
+    procedural_caption,
+    seed_diversity,
+    segment,
+)
 from .world import (  # noqa: F401
     SPEC_VERSION,
     Background,

@@ -143,7 +143,9 @@ class Scene:
         """Check every field against the spec; returns self so calls chain."""
         frames = self.frames
         if isinstance(frames, bool) or not isinstance(frames, numbers.Integral) or frames < 1 or (frames - 1) % 4:
-            raise WanInputError(f"{name}.frames: {frames!r} is not a frame count of the form 4n+1 (e.g. 17 or 33)")
+            raise WanInputError(
+                f"{name}.frames: {frames!r} is not an integer frame count of the form 4n+1 (e.g. 17 or 33)"
+            )
         _check_background(self.background, f"{name}.background")
         if not 1 <= len(self.objects) <= 2:
             raise WanInputError(f"{name}.objects: {SPEC_VERSION} scenes have 1 or 2 objects, got {len(self.objects)}")
@@ -205,7 +207,9 @@ def _check_object(obj, name):
     for key in ("size", "x0", "y0", "vx", "vy"):
         _check_number(getattr(obj, key), f"{name}.{key}")
     if not 0 < obj.size < min(WIDTH, HEIGHT):
-        raise WanInputError(f"{name}.size: {obj.size!r} is outside the canvas; expected 0 < size < {min(WIDTH, HEIGHT)}")
+        raise WanInputError(
+            f"{name}.size: {obj.size!r} is outside the canvas; expected 0 < size < {min(WIDTH, HEIGHT)}"
+        )
     half = obj.size / 2
     for key, extent in (("x0", WIDTH), ("y0", HEIGHT)):
         value = getattr(obj, key)
@@ -287,19 +291,20 @@ def background_image(background):
     return _round_to_uint8(_background_float(background))
 
 
-def _edge_functions(shape, dx, dy, ys, cy, r):
-    """The shape's edge functions at the samples: a sample is inside iff every one is <= 0.
+def edge_functions(shape, dx, dy, ys, cy, r):
+    """The shape's edge functions at sample points: a point is inside iff every one is <= 0.
 
-    dx [..., 1, S] varies along columns, dy and ys [..., S, 1] along rows; cy, r broadcast.
-    a - b <= 0 holds exactly when a <= b in IEEE arithmetic, so these are the spec's tests as written."""
+    dx = x - cx varies along columns ([..., 1, S]), dy = y - cy and the sample rows ys along rows
+    ([..., S, 1]); cy and r broadcast. Works on torch tensors and numpy arrays. a - b <= 0 holds
+    exactly when a <= b in IEEE arithmetic, so these are the spec's closed tests as written."""
     if shape == "circle":
         return [dx * dx + dy * dy - r * r]
     if shape == "square":
-        return [dx.abs() - r, dy.abs() - r]
+        return [abs(dx) - r, abs(dy) - r]
     if shape == "diamond":
-        return [dx.abs() + dy.abs() - r]
-    # triangle, apex up: below the apex line pair and above the base
-    return [ys - (cy + r), dx.abs() - (ys - (cy - r)) / 2]
+        return [abs(dx) + abs(dy) - r]
+    # triangle, apex up: inside the two slanted sides and above the base
+    return [ys - (cy + r), abs(dx) - (ys - (cy - r)) / 2]
 
 
 def _sample_windows(objects, centre):
@@ -311,7 +316,7 @@ def _sample_windows(objects, centre):
     box touches: floor(size) + 2 pixels per side, moved inside the canvas."""
     device = centre.device
     size = torch.tensor([obj.size for obj in objects], dtype=torch.float64, device=device)
-    pixels = min(int(math.floor(size.max().item())) + 2, WIDTH, HEIGHT)
+    pixels = min(int(math.floor(max(obj.size for obj in objects))) + 2, WIDTH, HEIGHT)
     r = (size / 2)[:, None]
     cx, cy = centre[..., 0], centre[..., 1]
     col0 = torch.floor(cx - r).clamp(0, WIDTH - pixels).long()
@@ -340,7 +345,7 @@ def _window_counts(objects, centre):
             continue
         pick = torch.tensor(index, device=centre.device)
         inside = None
-        for edge in _edge_functions(shape, dx[pick], dy[pick], ys[pick], cy[pick], r[pick]):
+        for edge in edge_functions(shape, dx[pick], dy[pick], ys[pick], cy[pick], r[pick]):
             inside = edge <= 0 if inside is None else inside & (edge <= 0)
         grid = inside.reshape(len(index), -1, pixels, n, pixels, n)
         counts[pick] = grid.sum(dim=(3, 5), dtype=torch.float64)
@@ -351,8 +356,8 @@ def render_batch(scenes, device="cpu", return_coverage=False):
     """Render scenes that share a frame count: uint8 [N, F, 256, 256, 3].
 
     With return_coverage, also each object's own alpha (before occlusion) as float32
-    [N, F, max_objects, 256, 256] (zeros for missing objects). Memory is about 30 MB per 17-frame
-    scene on the device: batch accordingly."""
+    [N, F, max_objects, 256, 256] (zeros for missing objects). Peak memory is about 60 MB per
+    17-frame scene on the device: batch accordingly (64 scenes per call suit a large GPU)."""
     scenes = list(scenes)
     if not scenes:
         raise WanInputError("scenes: expected at least one scene")
@@ -405,7 +410,7 @@ def is_tie_free(scene, margin=1e-6):
     centre = torch.from_numpy(_motion(scene.objects, scene.frames)[0])
     _, _, _, dx, dy, ys, cy, r = _sample_windows(scene.objects, centre)
     for m, obj in enumerate(scene.objects):
-        for edge in _edge_functions(obj.shape, dx[m], dy[m], ys[m], cy[m], r[m]):
+        for edge in edge_functions(obj.shape, dx[m], dy[m], ys[m], cy[m], r[m]):
             if edge.abs().min().item() <= margin:
                 return False
     return True
