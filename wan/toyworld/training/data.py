@@ -32,7 +32,12 @@ def edge_mask(coverage):
     return dilated[:, 0].unflatten(0, partial.shape[:2]) > 0
 
 
-def render_clips(scenes, device, chunk=32):
+def render_frames(scenes, device, chunk=32):
+    """Render scenes that share a frame count, `chunk` at a time: uint8 frames [N, F, H, W, 3]."""
+    return torch.cat([render_batch(scenes[start:start + chunk], device) for start in range(0, len(scenes), chunk)])
+
+
+def render_with_edges(scenes, device, chunk=32):
     """Render scenes that share a frame count: (uint8 frames [N, F, H, W, 3], edges [N, F, H, W])."""
     frames, edges = [], []
     for start in range(0, len(scenes), chunk):
@@ -50,7 +55,7 @@ class ClipPool:
 
     def __init__(self, rng, size, device):
         self.rng, self.device = rng, torch.device(device)
-        self.frames, self.edges = render_clips(draw_scenes(rng, size, CLIP_FRAMES), self.device)
+        self.frames, self.edges = render_with_edges(draw_scenes(rng, size, CLIP_FRAMES), self.device)
         self.next_slot = 0
 
     def __len__(self):
@@ -59,7 +64,7 @@ class ClipPool:
     def refresh(self, count):
         if count <= 0:
             return
-        frames, edges = render_clips(draw_scenes(self.rng, count, CLIP_FRAMES), self.device)
+        frames, edges = render_with_edges(draw_scenes(self.rng, count, CLIP_FRAMES), self.device)
         slots = (self.next_slot + torch.arange(count, device=self.device)) % len(self)
         self.frames[slots], self.edges[slots] = frames, edges
         self.next_slot = (self.next_slot + count) % len(self)

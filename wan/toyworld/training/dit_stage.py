@@ -14,10 +14,10 @@ import torch
 
 from ...flow import seq_len_for
 from ...modules.vae2_2 import Wan2_2_VAE
-from ..world import caption, render_batch
+from ..world import caption
 from .common import (DIT_SHARDS, VAE_FILE, ProgressLog, autocast, learning_rate, log, make_optimizer, stage_rng,
                      summarize_curve)
-from .data import CLIP_FRAMES, draw_scenes, to_model_video
+from .data import CLIP_FRAMES, draw_scenes, render_frames, to_model_video
 from .dit_model import build_dit, compile_for_training, predict_velocity, uncompile
 from .flow_objective import draw_step, flow_matching_loss, noisy_latents, token_timesteps
 from .text import NEGATIVE_PROMPT, TEXT_LEN, embed_captions, load_text_encoder
@@ -53,7 +53,7 @@ def encode_clips(vae, encoder, rng, count, device, deadline, frames=None, batch=
         scenes = draw_scenes(rng, min(batch, count - made), frames)
         for length in sorted({s.frames for s in scenes}):
             group = [s for s in scenes if s.frames == length]
-            video = to_model_video(render_batch(group, device)).to(vae.dtype)
+            video = to_model_video(render_frames(group, device)).to(vae.dtype)
             with autocast(device):
                 latents.setdefault(length, []).append(vae.model.encode(video, vae.scale).float())
             captions.setdefault(length, []).extend((caption(s), caption(s, motion=True)) for s in group)

@@ -15,7 +15,7 @@ from ...modules import vae_blocks
 from ...modules.vae2_2 import MEAN, STD, Wan2_2_VAE, WanVAE_
 from .common import (VAE_FILE, VAE_SHARDS, ProgressLog, autocast, learning_rate, log, make_optimizer, save_pth,
                      stage_rng, summarize_curve)
-from .data import CLIP_FRAMES, ClipPool, draw_scenes, render_clips, to_model_video
+from .data import CLIP_FRAMES, ClipPool, draw_scenes, render_frames, to_model_video
 
 # encode/decode `scale` that leaves the latents as the network makes them (mean 0, 1/std 1).
 UNNORMALISED = (0.0, 1.0)
@@ -260,7 +260,7 @@ def run_vae_stage(run, state, source, args, device, budget):
     del pool
 
     vae.eval().requires_grad_(False)
-    stats_frames, _ = render_clips(draw_scenes(rng, args.vae_stats_clips, CLIP_FRAMES), device)
+    stats_frames = render_frames(draw_scenes(rng, args.vae_stats_clips, CLIP_FRAMES), device)
     mean, std = latent_statistics(vae, stats_frames, args.vae_eval_batch, device)
     del stats_frames
     folded_std, collapsed = floor_collapsed(std)
@@ -270,7 +270,7 @@ def run_vae_stage(run, state, source, args, device, budget):
     run.save_weights(vae.state_dict(), VAE_SHARDS)
 
     held_out = stage_rng(args.seed, "vae-held-out", 0)
-    eval_frames, _ = render_clips(draw_scenes(held_out, args.vae_eval_clips, CLIP_FRAMES), device)
+    eval_frames = render_frames(draw_scenes(held_out, args.vae_eval_clips, CLIP_FRAMES), device)
     gates, recon = vae_gates(vae_path, eval_frames, device)
     gates["frozen_gains"] = len(frozen_gains(vae))
     summary = {
