@@ -208,6 +208,28 @@ def test_a_compiler_failure_falls_back_to_eager_training(caplog):
     assert any(not torch.equal(v, reference[k]) for k, v in model.state_dict().items())  # the eager step trained
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dit_training_steps_never_wait_for_the_gpu():
+    """The step is launch-bound at toy sizes: it must queue work without a host sync, also when
+    the clip length changes from one step to the next."""
+    from conftest import no_host_sync
+
+    args = tiny_args()
+    generator = torch.Generator("cuda").manual_seed(0)
+    sets = {frames: LatentSet(torch.randn(8, 48, (frames - 1) // 4 + 1, 8, 8, generator=generator, device="cuda"),
+                              torch.randn(8, 2, 6, 64, generator=generator, device="cuda").to(torch.bfloat16))
+            for frames in (17, 33)}
+    negative = torch.zeros(512, 64, dtype=torch.bfloat16, device="cuda")
+    model = build_dit(0, args.dit_dim, args.dit_ffn_dim, args.dit_heads, args.dit_layers).cuda()
+    trainer = DitTrainer(model, None, args, "cuda", warmup_steps=1, first_step=0, seed=0)
+    for step, frames in enumerate((17, 33, 17, 33)):  # warm-up: allocator, kernels, RoPE tables
+        trainer.step(sets[frames], 4, negative, step, 0.1)
+    with no_host_sync():
+        for step, frames in enumerate((17, 33, 33, 17), start=4):
+            loss, _ = trainer.step(sets[frames], 4, negative, step, 0.2)
+    assert torch.isfinite(loss)
+
+
 # ---------------------------------------------------------------------------- text encoder
 def test_text_encoder_files_are_the_same_bits_for_the_same_seed(tmp_path):
     write_text_encoder(str(tmp_path / "a"), seed=0)

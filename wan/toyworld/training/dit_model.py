@@ -2,6 +2,8 @@
 initialisation (WanModel itself has none), a batched forward for training, and the compile
 variants the training step can use.
 """
+import weakref
+
 import torch
 import torch.nn as nn
 
@@ -15,6 +17,7 @@ LATENT_CHANNELS = 48
 DIT_SIZE = dict(dim=256, ffn_dim=1024, num_heads=2, num_layers=6, freq_dim=256)
 COMPILE_MODES = ("none", "sublayers", "blocks", "blocks-cudagraphs")
 SUBLAYERS = ("self_attention_sublayer", "cross_attention_sublayer", "ffn_sublayer")  # what compile_blocks wraps
+_ROPE_TABLES = weakref.WeakKeyDictionary()  # model -> {(grid, seq_len, device): RotaryTable}
 
 
 def build_dit(seed, dim, ffn_dim, num_heads, num_layers, freq_dim=256, text_dim=TEXT_ENCODER["dim"]):
@@ -61,12 +64,24 @@ def predict_velocity(model, latents, timesteps, context):
     seq_len = hidden.shape[1]
     e, e0 = model._time_tables(timesteps, len(latents), seq_len, device)
     text = model.text_embedding(context.to(model.text_embedding[0].weight.dtype))
-    rope = model._rope([grid], seq_len, device)  # one table, broadcast over the batch
+    rope = rope_table(model, grid, seq_len, device)
     with sdpa_preferences(device):
         for block in model.blocks:
             hidden = block(hidden, e0, None, rope, text)
     out = model.head(hidden, e)
     return unpatchify(out, grid, model.patch_size, model.out_dim)
+
+
+def rope_table(model, grid, seq_len, device):
+    """The RoPE table of one token grid, broadcast over the batch. WanModel keeps a single table
+    (an inference run has one shape); training alternates two clip lengths, and rebuilding the
+    table at every switch copies it from pageable memory, which makes the CPU wait for the GPU.
+    So one table per shape is kept here."""
+    tables = _ROPE_TABLES.setdefault(model, {})
+    key = (grid, seq_len, str(device))
+    if key not in tables:
+        tables[key] = model._rope([grid], seq_len, device)
+    return tables[key]
 
 
 def unpatchify(tokens, grid, patch_size, channels):
