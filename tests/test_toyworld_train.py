@@ -298,8 +298,8 @@ def test_export_is_the_official_layout_and_loads_like_ti2v_5b(exported):
 CLI_VAE = ["--device", "cpu", *TINY_VAE, "--max_steps", "2", "--vae_image_share", "1", "--vae_image_batch", "1",
            "--vae_pool", "2", "--vae_refresh", "1", "--vae_stats_clips", "1", "--vae_eval_clips", "1",
            "--vae_eval_batch", "1"]
-CLI_DIT = ["--device", "cpu", *TINY_DIT, "--max_steps", "2", "--dit_batch", "2", "--dit_clips", "2",
-           "--dit_eval_clips", "1"]
+CLI_DIT_DATA = ["--device", "cpu", "--dit_batch", "2", "--dit_clips", "2", "--dit_eval_clips", "1"]
+CLI_DIT = [*CLI_DIT_DATA, *TINY_DIT, "--max_steps", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +331,8 @@ def test_resume_continues_from_a_run_folder_and_from_an_export(trained_runs, tmp
     raw = load_file(os.path.join(dit_run, "resume", "dit_fp32.safetensors"))
     for source in (dit_run, os.path.join(dit_run, "checkpoint")):
         target = str(tmp_path / os.path.basename(source))
-        main(["--stage", "dit", "--out_dir", target, "--resume", source, *CLI_DIT, "--max_steps", "1"])
+        # No size arguments: a resumed DiT keeps the size in its config.json.
+        main(["--stage", "dit", "--out_dir", target, "--resume", source, *CLI_DIT_DATA, "--max_steps", "1"])
         state = read_state(target)
         assert (state["dit"]["steps"], state["dit"]["calls"], state["vae"]["steps"]) == (3, 2, 2)
         assert open(os.path.join(target, "checkpoint", "Wan2.2_VAE.pth"), "rb").read() == \

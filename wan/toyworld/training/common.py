@@ -114,6 +114,9 @@ class ResumeSource:
         raw = self.shards(DIT_SHARDS)
         return (ema if raw is None else raw), ema
 
+    def dit_config(self):
+        return _read_json(os.path.join(self.checkpoint, "config.json"))
+
     def copy_checkpoint_into(self, run):
         """Copy the checkpoint files (text encoder, VAE, DiT) into `run`, unless it is this folder.
         The model card and provenance are rewritten by the export, so they are left behind."""

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from ...errors import WanInputError
 from ...flow import seq_len_for
 from ...modules.vae2_2 import Wan2_2_VAE
 from ..world import caption
@@ -206,6 +207,17 @@ def load_ema_into(model, ema):
     return model
 
 
+def match_dit_size(args, config):
+    """A resumed DiT keeps its own size (its config.json), whatever the size arguments say."""
+    found = dict(dit_dim=config["dim"], dit_ffn_dim=config["ffn_dim"], dit_heads=config["num_heads"],
+                 dit_layers=config["num_layers"])
+    changed = {key: value for key, value in found.items() if getattr(args, key) != value}
+    if changed:
+        log.info("dit: continuing a model whose size differs from the size arguments: %s", changed)
+        for key, value in changed.items():
+            setattr(args, key, value)
+
+
 def run_dit_stage(run, state, source, args, device, budget):
     """Build the data, train (or continue), write the raw fp32 shards and the EMA checkpoint
     (config.json + one bf16 safetensors file). Returns the stage summary."""
@@ -224,8 +236,12 @@ def run_dit_stage(run, state, source, args, device, budget):
     log.info("dit data: %s clips per frame count, %.0fs elapsed", {f: len(s) for f, s in sets.items()},
              budget.elapsed())
 
-    model = build_dit(args.seed + 2, args.dit_dim, args.dit_ffn_dim, args.dit_heads, args.dit_layers)
+    if not sets:
+        raise WanInputError("no training clip was encoded within dit_data_share of the time budget")
     weights = source.dit_weights() if source is not None else None
+    if weights is not None:
+        match_dit_size(args, source.dit_config())
+    model = build_dit(args.seed + 2, args.dit_dim, args.dit_ffn_dim, args.dit_heads, args.dit_layers)
     ema = None
     if weights is not None:
         raw, ema_state = weights

@@ -243,8 +243,11 @@ def run_vae_stage(run, state, source, args, device, budget):
     """Train (or continue), fold, export the bf16 checkpoint file, measure the gates, write the
     fp32 resume shards. Returns the stage summary (also stored in state["vae"])."""
     previous = state.get("vae", {})
-    vae = build_vae(args.vae_dim, args.vae_dec_dim, seed=args.seed + 1)
     weights = source.vae_weights() if source is not None else None
+    if weights is not None:  # a resumed VAE keeps its own widths, read off its weights
+        args.vae_dim = weights["encoder.conv1.weight"].shape[0]
+        args.vae_dec_dim = weights["decoder.head.2.weight"].shape[1]
+    vae = build_vae(args.vae_dim, args.vae_dec_dim, seed=args.seed + 1)
     if weights is not None:
         vae.load_state_dict(weights)
     vae.to(device)
