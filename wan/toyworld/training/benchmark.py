@@ -39,20 +39,21 @@ def random_latent_set(clips, frames, generator, device):
 
 
 def benchmark_dit(args, device, budget, modes):
-    """ms per training step for each compile mode, at both clip lengths."""
+    """(mode, result line, ms per 17-frame step or None) for each compile mode; a mode is
+    skipped when fewer than 90 s of the budget are left (one compile can take a minute)."""
     generator = torch.Generator(device).manual_seed(0)
     sets = {f: random_latent_set(256, f, generator, device) for f in (CLIP_FRAMES, 33)}
     negative = torch.randn(TEXT_LEN, TEXT_ENCODER["dim"], generator=generator, device=device).to(torch.bfloat16)
     rows = []
     for mode in modes:
-        if budget.elapsed() > budget.total_s * 0.8:
-            rows.append((mode, "skipped: out of time"))
+        if budget.total_s - budget.elapsed() < 90:
+            rows.append((mode, "skipped: out of time", None))
             continue
         try:
             model = build_dit(0, args.dit_dim, args.dit_ffn_dim, args.dit_heads, args.dit_layers).to(device)
             trainer = DitTrainer(model, None, args, device, warmup_steps=10, first_step=0, seed=0)
             compile_for_training(model, mode)
-            results = []
+            results, times = [], []
             for frames, data in sets.items():
                 batch = batch_for(frames, args)
                 started = time.perf_counter()
@@ -61,12 +62,13 @@ def benchmark_dit(args, device, budget, modes):
                 _sync(device)
                 warm = time.perf_counter() - started
                 seconds = _timed(lambda: trainer.step(data, batch, negative, 5, 0.0), args.benchmark_steps, device)
+                times.append(seconds * 1e3)
                 results.append(f"{frames}f x{batch}: {seconds * 1e3:.1f} ms/step (first 3 steps {warm:.0f} s, "
                                f"loss {float(loss.detach()):.3f})")
             peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else 0.0
-            rows.append((mode, "; ".join(results) + f"; peak {peak:.1f} GiB"))
+            rows.append((mode, "; ".join(results) + f"; peak {peak:.1f} GiB", times[0]))
         except Exception as exc:  # a variant that does not compile here is a result, not a crash
-            rows.append((mode, f"failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"))
+            rows.append((mode, f"failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}", None))
         torch._dynamo.reset()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -119,7 +121,11 @@ def benchmark_vae(args, device):
 def run_benchmark(args, device, budget):
     rows = benchmark_vae(args, device)
     modes = args.benchmark_compile or COMPILE_MODES
-    rows += [(f"dit compile={mode}", result) for mode, result in benchmark_dit(args, device, budget, modes)]
+    dit_rows = benchmark_dit(args, device, budget, modes)
+    rows += [(f"dit compile={mode}", result) for mode, result, _ in dit_rows]
+    timed = [(ms, mode) for mode, _, ms in dit_rows if ms is not None]
+    if timed:
+        rows.append(("fastest DiT step", f"--dit_compile {min(timed)[1]}"))
     log.info("benchmark done in %.0f s", budget.elapsed())
     print(f"== toyworld training benchmark ({device}, {args.benchmark_steps} timed steps each)")
     for name, result in rows:

@@ -24,6 +24,9 @@ from .flow_objective import draw_step, flow_matching_loss, noisy_latents, token_
 from .text import NEGATIVE_PROMPT, TEXT_LEN, embed_captions, load_text_encoder
 
 EVAL_SIGMAS = (0.05, 0.2, 0.4, 0.6, 0.8, 0.95)
+RECIPE = ("dit_dim", "dit_ffn_dim", "dit_heads", "dit_layers", "dit_lr", "dit_final_lr", "dit_warmup", "dit_batch",
+          "dit_shift", "image_share", "blend_share", "motion_share", "caption_dropout", "long_clip_share", "ema_decay",
+          "ema_start", "weight_decay", "grad_clip", "resume_warmup")
 
 
 class LatentSet:
@@ -271,6 +274,7 @@ def run_dit_stage(run, state, source, args, device, budget):
         "seconds": round(previous.get("seconds", 0.0) + seconds, 1),
         "calls": call + 1,
         "clips_in_data": {str(f): len(s) for f, s in sets.items()},
+        "recipe": {key: getattr(args, key) for key in RECIPE},
         "compile_mode": args.dit_compile,
         "steps_per_s_this_call": round(steps / max(seconds, 1e-9), 2),
         "loss_curve": summarize_curve(history),

@@ -131,6 +131,7 @@ def model_card(state, facts):
     config = facts["dit_config"]
     head_dim = config["dim"] // config["num_heads"]
     encoder_width, decoder_width = facts["vae_widths"]
+    image_share = dit.get("recipe", {}).get("image_share", float("nan"))
     parts = [
         ("DiT (`diffusion_pytorch_model.safetensors`, EMA weights)",
          f"ti2v, dim {config['dim']}, ffn {config['ffn_dim']}, {config['num_heads']} heads of {head_dim}, "
@@ -166,7 +167,8 @@ All weights are stored in bf16. The VAE's latent statistics are folded into its 
 - VAE: {vae.get('steps', 0)} steps, {vae.get('seconds', 0):.0f} s; held-out 17-frame PSNR
   {gates.get('psnr_mean_db', float('nan')):.2f} dB (min {gates.get('psnr_min_db', float('nan')):.2f} dB).
 - DiT: {dit.get('steps', 0)} steps, {dit.get('seconds', 0):.0f} s, {dit.get('clips_seen', 0)} clip samples;
-  flow matching (x_sigma = (1 - sigma) x0 + sigma eps, target eps - x0), 70 % image-conditioned samples.
+  flow matching (x_sigma = (1 - sigma) x0 + sigma eps, target eps - x0), {image_share:.0%} image-conditioned
+  samples; the recipe's settings are in `provenance.json`.
 - Held-out loss of the shipped EMA by sigma (image-conditioned): {dit.get('held_out_loss_ema', {})}
 
 Recipe, retraining and the two traps (fused RMS-norm gains, latent statistics):

@@ -20,6 +20,9 @@ from .data import CLIP_FRAMES, ClipPool, draw_scenes, render_frames, to_model_vi
 # encode/decode `scale` that leaves the latents as the network makes them (mean 0, 1/std 1).
 UNNORMALISED = (0.0, 1.0)
 LOGVAR_RANGE = (-30.0, 20.0)  # the official clamp on the posterior log-variance
+RECIPE = ("vae_dim", "vae_dec_dim", "vae_lr", "vae_final_lr", "vae_warmup", "kl_weight", "edge_weight",
+          "vae_image_batch", "vae_short_batch", "vae_long_batch", "vae_image_share", "vae_long_share", "vae_pool",
+          "vae_refresh", "vae_stats_clips", "weight_decay", "grad_clip", "resume_warmup")
 
 
 def build_vae(dim=16, dec_dim=24, z_dim=48, seed=0):
@@ -281,6 +284,7 @@ def run_vae_stage(run, state, source, args, device, budget):
         "clips_seen": previous.get("clips_seen", 0) + seen,
         "seconds": round(previous.get("seconds", 0.0) + seconds, 1),
         "calls": previous.get("calls", 0) + 1,
+        "recipe": {key: getattr(args, key) for key in RECIPE},
         "measured_latent_mean_abs_max": round(float(mean.abs().max()), 4),
         "measured_latent_std_range": [round(float(std.min()), 4), round(float(std.max()), 4)],
         "collapsed_channels": collapsed,
