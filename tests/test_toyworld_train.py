@@ -27,7 +27,7 @@ from wan.toyworld.training.flow_objective import flow_matching_loss, noisy_laten
 from wan.toyworld.training.text import write_text_encoder
 from wan.toyworld.training.vae_stage import (UNNORMALISED, build_vae, floor_collapsed, fold_latent_statistics_,
                                              latent_statistics, posterior, reconstruction_loss, save_vae_checkpoint,
-                                             trainable_norms, vae_loss, vae_param_groups)
+                                             unfused_norms, vae_loss, vae_param_groups)
 from wan.toyworld.world import Scene, render_batch
 from wan.utils.fileio import torch_save_atomic
 
@@ -67,7 +67,7 @@ def test_vae_steps_reduce_the_loss_on_a_fixed_batch(clips):
     before = deterministic_loss()
     optimizer = make_optimizer(vae_param_groups(vae, 0.0), 3e-3)
     generator = torch.Generator().manual_seed(0)
-    with trainable_norms():
+    with unfused_norms():
         for _ in range(10):
             loss, _, _ = vae_loss(vae, video, weight, generator, kl_weight=1e-4)
             optimizer.zero_grad()
@@ -81,7 +81,7 @@ def test_rms_norm_gains_get_gradients_even_where_the_fused_path_would_run(clips)
     fused=True asks for the fused route explicitly (it is what the GPU takes by default)."""
     original = vae_blocks.norm_silu
     vae = build_vae(4, 4, seed=1)
-    with trainable_norms():
+    with unfused_norms():
         loss, _, _ = vae_loss(vae, to_model_video(clips), torch.ones(1), torch.Generator().manual_seed(0), 1e-4)
         loss.backward()
         norm = vae.decoder.head[0]

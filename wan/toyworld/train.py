@@ -28,7 +28,7 @@ from .training.dit_model import COMPILE_MODES, DIT_SIZE
 from .training.dit_stage import log_dit_summary, run_dit_stage
 from .training.export import finish_export, pack_for_transport
 from .training.text import check_distinct_captions, has_text_encoder, load_text_encoder, write_text_encoder
-from .training.vae_stage import log_vae_summary, run_vae_stage
+from .training.vae_stage import log_vae_summary, run_vae_stage, unfused_norms
 
 STAGES = ("text", "vae", "dit", "export")
 
@@ -113,6 +113,11 @@ def main(argv=None):
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls (time MLP, head)
         torch.backends.cudnn.benchmark = True  # the VAE's convolutions see a handful of fixed shapes
+    with unfused_norms():
+        run_stage(args, device, budget)
+
+
+def run_stage(args, device, budget):
     if args.benchmark_steps:
         run_benchmark(args, device, budget)
         return

@@ -13,7 +13,7 @@ from .data import CLIP_FRAMES, ClipPool, draw_scenes, to_model_video
 from .dit_model import COMPILE_MODES, LATENT_CHANNELS, build_dit, compile_for_training
 from .dit_stage import DitTrainer, LatentSet, batch_for
 from .text import TEXT_ENCODER, TEXT_LEN
-from .vae_stage import build_vae, curriculum, trainable_norms, vae_loss, vae_param_groups
+from .vae_stage import build_vae, curriculum, unfused_norms, vae_loss, vae_param_groups
 
 
 def _sync(device):
@@ -98,7 +98,7 @@ def benchmark_vae(args, device):
         optimizer.step()
         pool.refresh(args.vae_refresh)
 
-    with trainable_norms():
+    with unfused_norms():
         for progress in (0.0, 0.5, 1.0):
             frames, batch = curriculum(progress, args)
             step(frames, batch)

@@ -33,18 +33,20 @@ def build_vae(dim=16, dec_dim=24, z_dim=48, seed=0):
 
 
 # ---------------------------------------------------------------------------- the fused-norm trap
-def _trainable_norm_silu(norm, x, fused=None):
+def _unfused_norm_silu(norm, x, fused=None):
     return F.silu(vae_blocks.rms_normalize(x, norm.gamma))
 
 
 @contextlib.contextmanager
-def trainable_norms():
+def unfused_norms():
     """On CUDA, vae_blocks.norm_silu runs a fused compiled kernel that takes the RMS-norm gains
     detached (compiled code keeps parameter shapes static), so training through it would leave
     every gain at 1 without a word. vae_blocks offers no switch for it; while this context is
-    open, every norm_silu call takes the plain differentiable form instead."""
+    open, every norm_silu call takes the plain differentiable form instead. The trainer keeps it
+    open for its whole run: evaluation gives the same values either way, and a short-lived
+    process does not win back the fused kernel's compile time (per layout and dtype)."""
     original = vae_blocks.norm_silu
-    vae_blocks.norm_silu = _trainable_norm_silu
+    vae_blocks.norm_silu = _unfused_norm_silu
     try:
         yield
     finally:
@@ -110,7 +112,7 @@ def train_vae(vae, pool, window, args, device, first_step=0):
     progress_log = ProgressLog("vae", args.log_every_s)
     step = seen = 0
     lr, frames = 0.0, None
-    with trainable_norms():
+    with unfused_norms():
         while not window.done(step):
             progress = window.progress(step)
             lr = learning_rate(step, progress, args.vae_lr, args.vae_final_lr, warmup)
