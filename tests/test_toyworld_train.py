@@ -284,14 +284,14 @@ def test_export_is_the_official_layout_and_loads_like_ti2v_5b(exported):
     assert provenance["spec_version"] == "toyworld-v1" and provenance["training"]["dit"]["steps"] == 3
     assert set(provenance["files"]) == set(files) - {"provenance.json"}
 
-    from wan.textimage2video import WanTI2V
+    from wan import WanTI2V
 
     pipeline = WanTI2V(WAN_CONFIGS["ti2v-5B"], exported, device="cpu")
     video = pipeline.generate("a red circle on a black background.", size=(64, 64), frame_num=5, sampling_steps=2,
                               seed=0, offload_model=False)
     assert video.shape == (3, 5, 64, 64) and torch.isfinite(video).all()
     assert isinstance(pipeline.text_encoder, T5EncoderModel) and isinstance(pipeline.vae, Wan2_2_VAE)
-    assert isinstance(pipeline.experts[0], WanModel) and pipeline.experts[0].text_dim == 64
+    assert isinstance(pipeline.model, WanModel) and pipeline.model.text_dim == 64
 
 
 # ---------------------------------------------------------------------------- the command line, resuming

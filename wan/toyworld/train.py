@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..errors import WanInputError
-from ..utils.cli import ArgumentParser, run_cli, setup_logging
+from ..cli import ArgumentParser, run_cli, setup_logging
 from ..utils.fileio import atomic_path
 from .training.benchmark import run_benchmark
 from .training.common import (DIT_SHARDS, DIT_WEIGHTS, VAE_FILE, Budget, ResumeSource, RunFolder, log, new_state,
