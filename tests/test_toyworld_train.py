@@ -344,7 +344,7 @@ def test_resume_continues_from_a_run_folder_and_from_an_export(trained_runs, tmp
 
 @pytest.mark.parametrize("kind", ["run", "export"])
 def test_resume_from_another_spec_version_is_a_one_line_error(trained_runs, tmp_path, capsys, kind):
-    from wan.utils.cli import run_cli
+    from wan.cli import run_cli
 
     source = str(tmp_path / "old")
     shutil.copytree(trained_runs[1], source)
@@ -355,7 +355,7 @@ def test_resume_from_another_spec_version_is_a_one_line_error(trained_runs, tmp_
     json.dump(data, open(path, "w"))
     resume = source if kind == "run" else os.path.join(source, "checkpoint")
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, ["--stage", "dit", "--out_dir", str(tmp_path / "new"), "--resume", resume, *CLI_DIT])
+        run_cli(main, argv=["--stage", "dit", "--out_dir", str(tmp_path / "new"), "--resume", resume, *CLI_DIT])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "toyworld-v0" in err[0] and "toyworld-v1" in err[0]
