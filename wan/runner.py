@@ -235,7 +235,8 @@ def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, s
     encoded, latent_file = os.path.join(folder, ENCODED), os.path.join(folder, LATENT)
     edit_job = None
     if stage in ("all", "encode"):
-        edit_job = tasks.prepare_edit(models, request, settings)
+        # A whole run from a saved inversion need not encode the source clip.
+        edit_job = tasks.prepare_edit(models, request, settings, invert=not (load_inversion and stage == "all"))
         if stage == "encode":
             if models.layout.writes_outputs:
                 jobs.save(encoded, "edit", edit_job, models.fingerprint)
