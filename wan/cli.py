@@ -128,6 +128,24 @@ def parse(parser, options, defaults, argv=None):
     return Parsed(merge(defaults(given) if callable(defaults) else defaults, given), given)
 
 
+def parse_with_config(parser, argv, subparser=None):
+    """argparse for scripts without a flag table: `--config FILE` (a YAML/TOML mapping of option
+    names without their dashes) gives defaults that the flags on the command line override.
+    `subparser`: the sub-command's parser, whose options the file sets."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    config = pre.parse_known_args(argv)[0].config
+    if config:
+        target = subparser or parser
+        options = [option(a.option_strings[-1], a.dest) for a in target._actions if a.option_strings]
+        values = read_config(config, options)
+        nested = [path for path in _leaf_paths(values) if "." in path]
+        if nested:
+            raise SettingsError("config", f"{config}: {nested[0]!r} is not a setting of this script")
+        target.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
 def given_values(given, settings, names):
     """{dotted name: value} of the settings given (on the command line or in --config) under the
     top-level `names`, with the values as the settings objects normalised them (`settings`)."""
