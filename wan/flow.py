@@ -33,6 +33,7 @@ class Condition:
     """No conditioning beyond the text (t2v): the model sees the latent as it is."""
 
     y = None
+    clip_fea = None
 
     def apply(self, latent):
         return latent
@@ -42,10 +43,11 @@ class Condition:
 
 
 class ConcatCondition(Condition):
-    """i2v-A14B: mask + image latent `y` concatenated to the noisy latent on channels."""
+    """i2v: mask + image latent `y` concatenated to the noisy latent on channels; Wan2.1's i2v / flf2v
+    add CLIP tokens of the image(s), `clip_fea`, that the DiT attends to beside the text."""
 
-    def __init__(self, y):
-        self.y = y
+    def __init__(self, y, clip_fea=None):
+        self.y, self.clip_fea = y, clip_fea
 
 
 class FirstFrameCondition(Condition):
@@ -119,21 +121,23 @@ class GuidedVelocity:
             self.prepare(model)
         device = next(model.parameters()).device
         x = self.condition.apply(x).to(device)
-        t_model = self.condition.timesteps(t, self.seq_len)  # on the CPU: the model reads it without a GPU sync
-        y = None if self.condition.y is None else [self.condition.y.to(device)]
+        # t stays on the CPU: the model reads it without a GPU sync
+        inputs = dict(t=self.condition.timesteps(t, self.seq_len), seq_len=self.seq_len)
+        if self.condition.y is not None:
+            inputs["y"] = [self.condition.y.to(device)]
+        if self.condition.clip_fea is not None:  # one row of image tokens serves every context
+            inputs["clip_fea"] = self.condition.clip_fea.to(device)
         if scale == 1.0 or self.context_null is None:
             # Under CFG parallelism both ranks run this same pass, keeping sharded weights in step.
-            return model([x], t=t_model, context=self.context, seq_len=self.seq_len, y=y)[0]
+            return model([x], context=self.context, **inputs)[0]
         if self.cfg_parallel is not None:
             context = self.context if self.cfg_parallel.runs_cond else self.context_null
-            mine = model([x], t=t_model, context=context, seq_len=self.seq_len, y=y)[0]
-            cond, uncond = self.cfg_parallel.exchange(mine)
+            cond, uncond = self.cfg_parallel.exchange(model([x], context=context, **inputs)[0])
         elif self.batch_cfg:  # one latent under both prompts: the model shares their common work
-            cond, uncond = model([x], t=t_model, context=self.context + self.context_null, seq_len=self.seq_len,
-                                 y=y)
+            cond, uncond = model([x], context=self.context + self.context_null, **inputs)
         else:
-            cond = model([x], t=t_model, context=self.context, seq_len=self.seq_len, y=y)[0]
-            uncond = model([x], t=t_model, context=self.context_null, seq_len=self.seq_len, y=y)[0]
+            cond = model([x], context=self.context, **inputs)[0]
+            uncond = model([x], context=self.context_null, **inputs)[0]
         return uncond + scale * (cond - uncond)
 
 

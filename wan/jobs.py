@@ -110,7 +110,10 @@ def file_sha256(path):
 # ---------------------------------------------------------------------------- conditions as tensors
 def _condition_tensors(condition, prefix):
     if isinstance(condition, flow.ConcatCondition):
-        return {f"{prefix}y": condition.y}, "concat"
+        tensors = {f"{prefix}y": condition.y}
+        if condition.clip_fea is not None:
+            tensors[f"{prefix}clip_fea"] = condition.clip_fea
+        return tensors, "concat"
     if isinstance(condition, flow.FirstFrameCondition):
         return {f"{prefix}first_frame": condition.first_frame}, "first_frame"
     return {}, "none"
@@ -118,7 +121,7 @@ def _condition_tensors(condition, prefix):
 
 def _condition_from(kind, tensors, prefix, patch_size):
     if kind == "concat":
-        return flow.ConcatCondition(tensors[f"{prefix}y"])
+        return flow.ConcatCondition(tensors[f"{prefix}y"], tensors.get(f"{prefix}clip_fea"))
     if kind == "first_frame":
         return flow.FirstFrameCondition(tensors[f"{prefix}first_frame"], patch_size)
     return flow.Condition()

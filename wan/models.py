@@ -23,6 +23,7 @@ from . import distributed
 from .distributed import is_sharded, main_tqdm
 from .errors import CheckpointError
 from .modules.attention import set_attention_backend
+from .modules.clip import CLIPModel
 from .modules.model import WanModel
 from .modules.t5 import T5EncoderModel
 from .modules.vlm import VideoCaptioner
@@ -35,7 +36,7 @@ from .utils.video_io import to_model_range
 
 log = logging.getLogger(__name__)
 
-PARTS = ("t5", "vae", "dit")
+PARTS = ("t5", "vae", "clip", "dit")  # "clip" loads only for configs with a CLIP encoder; "vlm" is opt-in
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -84,10 +85,11 @@ class Models:
     network on the CPU when it is not running. t5_cpu: run the text encoder on the CPU."""
 
     def __init__(self, config, text_encoder=None, vae=None, experts=(), device=None, offload_model=False,
-                 t5_cpu=False, layout=None, fingerprint=None, captioner=None):
+                 t5_cpu=False, layout=None, fingerprint=None, captioner=None, clip=None):
         self.config = config
         self.text_encoder, self.vae, self.experts = text_encoder, vae, tuple(experts)
         self.captioner = captioner  # a wan.modules.vlm.VideoCaptioner for the continuation tasks
+        self.clip = clip  # a wan.modules.clip.CLIPModel for Wan2.1's i2v / flf2v
         self.device = resolve_device(device)
         self.offload_model, self.t5_cpu = offload_model, t5_cpu
         self.layout = layout or distributed.Layout()
@@ -111,10 +113,14 @@ class Models:
         # The captioner first: a bad folder fails in seconds, before gigabytes of video model.
         captioner = cls._captioner(options, device) if "vlm" in parts and options.vlm_path else None
         text_encoder = cls._load_t5(config, ckpt_dir, options, device, layout) if "t5" in parts else None
+        clip = None
+        if "clip" in parts and "clip_checkpoint" in config:
+            clip = CLIPModel(config.clip_dtype, "cpu", os.path.join(ckpt_dir, config.clip_checkpoint),
+                             os.path.join(ckpt_dir, config.clip_tokenizer))
         vae = cls._load_vae(config, ckpt_dir, options, device) if "vae" in parts else None
         experts = cls._load_experts(config, ckpt_dir, options, device, layout) if "dit" in parts else ()
         return cls(config, text_encoder, vae, experts, device, options.offload_model, options.t5_cpu, layout,
-                   checkpoint_fingerprint(ckpt_dir, config.__name__), captioner)
+                   checkpoint_fingerprint(ckpt_dir, config.__name__), captioner, clip)
 
     @staticmethod
     def _captioner(options, device):
@@ -150,6 +156,10 @@ class Models:
             if model.model_type != config.model_type:
                 raise CheckpointError(f"{ckpt_dir}: the DiT is a {model.model_type} model, but "
                                       f"{config.__name__} needs {config.model_type}")
+            if model.has_image_branch != ("clip_checkpoint" in config):  # Wan2.1 and Wan2.2 i2v share model_type
+                needs = "with" if "clip_checkpoint" in config else "without"
+                raise CheckpointError(f"{ckpt_dir}: {config.__name__} needs a DiT {needs} the CLIP image branch "
+                                      f"(img_emb); this checkpoint is the other i2v family")
             if options.dit_fsdp:  # block by block from the CPU: the full model is never on one GPU
                 distributed.shard_dit(model, device, layout.model_group)
             if options.ulysses_size > 1:
@@ -204,6 +214,17 @@ class Models:
         if self.offload_model and movable:
             encoder.model.cpu()
         return contexts
+
+    @torch.no_grad()
+    def encode_images(self, images):
+        """CLIP tokens of images [3, 1, H, W] in [-1, 1] (any size: CLIP resizes): [N, 257, width]."""
+        if self.clip is None:
+            raise CheckpointError(f"{self.config.__name__} needs its CLIP image encoder, which was not loaded")
+        self.clip.model.to(self.device)
+        tokens = self.clip.visual([image.to(self.device) for image in images])
+        if self.offload_model:
+            self.clip.model.cpu()
+        return tokens
 
     @torch.no_grad()
     def encode_frames(self, frames):

@@ -301,6 +301,8 @@ class Generation(Settings):
     n_prompt: str = ""  # empty: the model's default negative prompt
     image: str = None  # the first frame (image tasks), a path
     video: str = None  # the clip to continue (v2v tasks), a path
+    first_frame: str = None  # flf2v: the first and the last frame, paths
+    last_frame: str = None
     size: object = None  # (width, height); image tasks: its area is the maximum area. None: the task's default
     max_area: int = None  # image tasks: the output's pixel area at most; None: the area of `size`
     frame_num: int = None  # None: the task's default
@@ -312,8 +314,8 @@ class Generation(Settings):
         text("task", self.task)
         text("prompt", self.prompt)
         text("n_prompt", self.n_prompt)
-        text("image", self.image, optional=True)
-        text("video", self.video, optional=True)
+        for name in ("image", "video", "first_frame", "last_frame"):
+            text(name, getattr(self, name), optional=True)
         if self.size is not None:
             _set(self, "size", size("size", self.size))
         if self.max_area is not None:
