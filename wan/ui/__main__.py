@@ -21,9 +21,10 @@ OPTIONS = [
     option("--vlm_device", "load.vlm_device", help="device of the captioner (default: --device)"),
     option("--prompt_extend_model", "prompt_extend_model",
            help="a local prompt-extension model folder (Qwen2.5 text or Qwen-VL): adds an Extend prompt button"),
-    option("--qwen_model", "qwen_model", help="a Qwen-Image-Edit-2509 folder (diffusers layout): adds the Qwen TTLG tab"),
-    option("--qwen_dtype", "qwen_dtype", choices=("auto", "fp16", "bf16", "fp32"), help="dtype of the Qwen model (default auto: bf16 on CUDA, "
-                                                              "fp32 on the CPU)"),
+    option("--qwen_model", "qwen_model",
+           help="a Qwen-Image-Edit-2509 folder (diffusers layout): adds the Qwen TTLG tab"),
+    option("--qwen_dtype", "qwen_dtype", choices=("auto", "fp16", "bf16", "fp32"),
+           help="dtype of the Qwen model (default auto: bf16 on CUDA, fp32 on the CPU)"),
     # one process: the multi-GPU options (torchrun) do not apply
     *(opt for opt in load_options() if opt.path not in MULTI_GPU),
 ]

@@ -60,9 +60,23 @@ class ImageFile(gr.Image):
         return str(payload.path)
 
 
+# Inputs that hand their value over as sent: the library checks it, and its message names the field
+# (Gradio's own range and choice checks would fail first, without the field's name).
 class Slider(gr.Slider):
-    """gr.Slider whose value the library checks (its message names the setting), not Gradio."""
+    is_template = True  # drawn by the frontend's component of the same kind
 
+    def preprocess(self, payload):
+        return payload
+
+
+class Dropdown(gr.Dropdown):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class Radio(gr.Radio):
     is_template = True
 
     def preprocess(self, payload):
@@ -164,7 +178,7 @@ def _wire_cancel(studio, button, event):
         if studio.cancel(_session(request)):
             gr.Info("Cancelling: the run stops at its next step.")
 
-    button.click(cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    button.click(cancel, None, None, cancels=[event], api_visibility="private")  # queued: its message shows
 
 
 # ---------------------------------------------------------------------------- Generate
@@ -176,13 +190,13 @@ def _generate_tab(studio):
     with gr.Tab("Generate", id="generate"):
         with gr.Row():
             with gr.Column(scale=1):
-                task = gr.Dropdown(tasks, value=first, label="Task", elem_id="gen_task")
+                task = Dropdown(tasks, value=first, label="Task", elem_id="gen_task")
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="gen_prompt",
                                     placeholder="What the video shows: subject, motion, scene, light, camera")
                 if studio.prompt_extend_model:
                     with gr.Row():
                         extend = gr.Button("Extend prompt", elem_id="gen_extend", size="sm")
-                        language = gr.Radio(["en", "zh"], value="en", label="Extended prompt language",
+                        language = Radio(["en", "zh"], value="en", label="Extended prompt language",
                                             elem_id="gen_extend_language")
                 with gr.Row():
                     image = ImageFile(label="First frame", type="filepath", elem_id="gen_image",
@@ -190,14 +204,14 @@ def _generate_tab(studio):
                     last_image = ImageFile(label="Last frame", type="filepath", elem_id="gen_last_image",
                                           visible=_takes(first, "last_image"))
                 with gr.Row():
-                    size = gr.Dropdown(list(profile.sizes), value=profile.size, label="Size", allow_custom_value=True,
+                    size = Dropdown(list(profile.sizes), value=profile.size, label="Size", allow_custom_value=True,
                                        elem_id="gen_size", info="WIDTH*HEIGHT (image tasks: the maximum area)")
                     frames = gr.Number(profile.frame_num, precision=0, label="Frames", elem_id="gen_frames",
                                        info="4n+1")
                 with gr.Accordion("Sampling", open=True):
                     with gr.Row():
                         steps = Slider(1, 200, profile.steps, step=1, label="Steps", elem_id="gen_steps")
-                        solver = gr.Dropdown(list(SOLVERS), value="unipc", label="Solver", elem_id="gen_solver")
+                        solver = Dropdown(list(SOLVERS), value="unipc", label="Solver", elem_id="gen_solver")
                     with gr.Row():
                         shift = Slider(0.5, 20, official["sampling"]["shift"], step=0.5, label="Shift",
                                           elem_id="gen_shift")
@@ -297,8 +311,10 @@ def _edit_tab(studio):
         with gr.Row():
             with gr.Column(scale=1):
                 with gr.Row():
-                    scene = gr.Dropdown(studio.toy_edit_scenes(), value=studio.toy_edit_scenes()[0], label="Toy scene (renders a source clip, its edited "
-                                        "first frame and both prompts)", elem_id="edit_toy_scene", scale=3)
+                    scenes = studio.toy_edit_scenes()
+                    scene = Dropdown(scenes, value=scenes[0], elem_id="edit_toy_scene", scale=3,
+                                        label="Toy scene (renders a source clip, its edited first frame and both "
+                                              "prompts)")
                     load_scene = gr.Button("Load toy scene", elem_id="edit_toy_load", scale=1)
                 source = gr.Video(label="Source video", sources=["upload"], elem_id="edit_source")
                 with gr.Row():
@@ -317,7 +333,7 @@ def _edit_tab(studio):
                                          info="pixels; the source's aspect ratio is kept", elem_id="edit_max_area")
                 with gr.Accordion("Inversion", open=True):
                     with gr.Row():
-                        scheme = gr.Dropdown(list(INVERSION_SCHEMES), value=inv.scheme, label="Inversion scheme",
+                        scheme = Dropdown(list(INVERSION_SCHEMES), value=inv.scheme, label="Inversion scheme",
                                              elem_id="edit_scheme")
                         inv_steps = Slider(1, 200, inv.steps, step=1, label="Inversion steps",
                                               elem_id="edit_inv_steps")
@@ -331,7 +347,7 @@ def _edit_tab(studio):
                 with gr.Accordion("Regeneration", open=True):
                     with gr.Row():
                         steps = Slider(1, 200, gen.steps, step=1, label="Steps", elem_id="edit_steps")
-                        solver = gr.Dropdown(list(SOLVERS), value=gen.solver, label="Solver", elem_id="edit_solver")
+                        solver = Dropdown(list(SOLVERS), value=gen.solver, label="Solver", elem_id="edit_solver")
                     with gr.Row():
                         shift = Slider(0.5, 20, gen.shift, step=0.5, label="Shift", elem_id="edit_shift")
                         guide = Slider(0, 20, gen.guide_scale, step=0.5, label="Guidance scale",
@@ -396,28 +412,28 @@ def _continue_tab(studio):
         with gr.Row():
             with gr.Column(scale=1):
                 with gr.Row():
-                    toy_clip = gr.Dropdown(studio.toy_clips(), value=studio.toy_clips()[0], label="Toy clip (renders a 17-frame toy-world clip)",
-                                           elem_id="cont_toy_clip", scale=3)
+                    toy_clip = Dropdown(studio.toy_clips(), value=studio.toy_clips()[0], elem_id="cont_toy_clip",
+                                           label="Toy clip (renders a 17-frame toy-world clip)", scale=3)
                     load_clip = gr.Button("Load toy clip", elem_id="cont_toy_load", scale=1)
                 clip = gr.Video(label="Clip", sources=["upload"], elem_id="cont_clip")
                 with gr.Row():
-                    task = gr.Dropdown(tasks, value=first, label="Task", elem_id="cont_task")
+                    task = Dropdown(tasks, value=first, label="Task", elem_id="cont_task")
                     count = gr.Number(2, precision=0, label="Continuations", elem_id="cont_count")
-                captioner = gr.Radio(captioners, value=CAPTIONER_PROCEDURAL if toy else captioners[-1],
+                captioner = Radio(captioners, value=CAPTIONER_PROCEDURAL if toy else captioners[-1],
                                      label="Captioner (writes each continuation's prompt from the clip before it)",
                                      elem_id="cont_captioner")
                 prompt = gr.Textbox(label="Prompt prefix", elem_id="cont_prompt",
                                     placeholder="put before every caption; without a captioner, the whole prompt",
                                     value="" if toy else "continue video")
                 with gr.Row():
-                    size = gr.Dropdown(list(profile.sizes), value=profile.size, label="Max area (W*H)",
+                    size = Dropdown(list(profile.sizes), value=profile.size, label="Max area (W*H)",
                                        allow_custom_value=True, elem_id="cont_size")
                     frames = gr.Number(profile.frame_num, precision=0, label="Frames", info="4n+1 per continuation",
                                        elem_id="cont_frames")
                 with gr.Accordion("Sampling", open=False):
                     with gr.Row():
                         steps = Slider(1, 200, profile.steps, step=1, label="Steps", elem_id="cont_steps")
-                        solver = gr.Dropdown(list(SOLVERS), value="unipc", label="Solver", elem_id="cont_solver")
+                        solver = Dropdown(list(SOLVERS), value="unipc", label="Solver", elem_id="cont_solver")
                     with gr.Row():
                         shift = Slider(0.5, 20, official["sampling"]["shift"], step=0.5, label="Shift",
                                           elem_id="cont_shift")
@@ -442,8 +458,8 @@ def _continue_tab(studio):
                 seed_used = gr.Number(label="Seed used (video 1)", precision=0, interactive=False,
                                       elem_id="cont_seed_used")
                 settings = _settings_panel("cont", "Settings: save as configs/NAME.yaml, run with python "
-                                                   "generate_continuous.py --config configs/NAME.yaml (a VLM captioner: "
-                                                   "the procedural one is the UI's own)")
+                                                   "generate_continuous.py --config configs/NAME.yaml (with a VLM "
+                                                   "captioner: the procedural one is the UI's own)")
                 files = _files("cont")
 
     def load_toy_clip(label):

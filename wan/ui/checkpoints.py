@@ -144,7 +144,8 @@ def checkpoint_tasks(folder):
     for name in TASKS:
         config = WAN_CONFIGS[name]
         dit = os.path.join(folder, config.low_noise_checkpoint) if "boundary" in config else folder
-        if _dit_config(dit).get("model_type") == config.model_type and os.path.isfile(os.path.join(folder, config.vae_checkpoint)):
+        has_vae = os.path.isfile(os.path.join(folder, config.vae_checkpoint))
+        if _dit_config(dit).get("model_type") == config.model_type and has_vae:
             found.append(name)
     if not found:
         raise CheckpointError(f"{folder} holds no checkpoint of a known task (expected an official layout: "

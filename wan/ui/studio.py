@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import random
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -63,6 +64,9 @@ GENERATE_KEYS = ("task", "size", "frame_num", "prompt", "n_prompt", "seed", "ima
 CONTINUE_KEYS = ("task", "video", "size", "frame_num", "prompt", "n_prompt", "seed", "sampling")
 UI_SEEDS = 2 ** 32  # random seeds stay below this: a browser's number field holds them exactly
 SCRIPT_LOAD_KEYS = tuple(name for name in LoadOptions().to_dict() if not name.startswith("vlm_"))
+
+
+KEEP = object()  # Studio.turn: the models' own captioner
 
 
 class RunCancelled(WanError):
@@ -210,19 +214,29 @@ class Studio:
             finally:
                 self._running_session = None
 
+    @contextlib.contextmanager
+    def _new_run(self, kind):
+        """A fresh run folder, removed again when the run does not finish (cancelled or failed)."""
+        run = RunFolder(self.out_dir, kind, self.device)
+        try:
+            yield run
+        except BaseException:
+            shutil.rmtree(run.path, ignore_errors=True)
+            raise
+
     def _stop_if_cancelled(self):
         if self._cancel.is_set():
             raise RunCancelled("cancelled")
 
     @contextlib.contextmanager
-    def turn(self, session=None, task=None, captioner=None):
+    def turn(self, session=None, task=None, captioner=KEEP):
         """Wait for the models, then yield a view of them for one job: `task`'s configuration, the
-        chosen captioner, and a placement hook that stops the job when `session` cancels."""
+        chosen captioner (None: none), and a placement hook that stops the job when `session` cancels."""
         with self._exclusive(session):
             view = copy.copy(self.models)
             if task is not None:
                 view.config = WAN_CONFIGS[task]
-            if captioner is not None:
+            if captioner is not KEEP:
                 view.captioner = captioner
             place = self.models.place
 
@@ -271,29 +285,30 @@ class Studio:
             load_image(path)
         if not images and not generation.prompt.strip():
             raise SettingsError("prompt", "is empty: describe the video to generate")
-        run = RunFolder(self.out_dir, "generate", self.device)
-        generation = generation.replace(seed=resolve_seed(generation.seed),
-                                        **{name: run.keep(path, name) for name, path in images.items()})
-        settings = {"ckpt_dir": self.checkpoint.path,
-                    **{key: value for key, value in generation.to_dict().items()
-                       if key in GENERATE_KEYS and value is not None},
-                    "load": self._load_settings(step_cache)}
-        output = run.file("video.mp4")
-        with self.turn(session, task) as models, run.timer.stage("generate"):
-            caches = self._set_step_cache(step_cache)
-            run_generation(models, generation, output, resolved=settings)
-        frames, fps, width, height = probe_video(output)
-        notes = [f"Generated {width}x{height}, {frames} frames ({frames / fps:.2f} s at {fps:g} fps) in "
-                 f"{run.timer.records['generate'].seconds:.1f} s with seed {generation.seed}."]
-        notes += _step_cache_notes(caches)
-        warning = unsupported_size_warning(generation) if self.checkpoint.kind == "model" else None
-        notes += [f"Note: {warning}; quality may suffer."] if warning else []
-        inputs = [(getattr(generation, name), name.replace("_", " ")) for name in images]
-        report = run.report(f"Wan UI: generate ({task})", [(output, "generated")], inputs,
-                            {"prompt": generation.prompt, "negative prompt": generation.n_prompt or None}, settings,
-                            " ".join(notes))
-        return RunResult(str(run.path), output, run.file("video.settings.yaml"), _read(run.file("video.settings.yaml")),
-                         report, " ".join(notes), seed=generation.seed)
+        with self._new_run("generate") as run:
+            generation = generation.replace(seed=resolve_seed(generation.seed),
+                                            **{name: run.keep(path, name) for name, path in images.items()})
+            settings = {"ckpt_dir": self.checkpoint.path,
+                        **{key: value for key, value in generation.to_dict().items()
+                           if key in GENERATE_KEYS and value is not None},
+                        "load": self._load_settings(step_cache)}
+            output = run.file("video.mp4")
+            with self.turn(session, task) as models, run.timer.stage("generate"):
+                caches = self._set_step_cache(step_cache)
+                run_generation(models, generation, output, resolved=settings)
+            frames, fps, width, height = probe_video(output)
+            notes = [f"Generated {width}x{height}, {frames} frames ({frames / fps:.2f} s at {fps:g} fps) in "
+                     f"{run.timer.records['generate'].seconds:.1f} s with seed {generation.seed}."]
+            notes += _step_cache_notes(caches)
+            warning = unsupported_size_warning(generation) if self.checkpoint.kind == "model" else None
+            notes += [f"Note: {warning}; quality may suffer."] if warning else []
+            inputs = [(getattr(generation, name), name.replace("_", " ")) for name in images]
+            report = run.report(f"Wan UI: generate ({task})", [(output, "generated")], inputs,
+                                {"prompt": generation.prompt, "negative prompt": generation.n_prompt or None}, settings,
+                                " ".join(notes))
+            settings_file = run.file("video.settings.yaml")
+            return RunResult(str(run.path), output, settings_file, _read(settings_file), report, " ".join(notes),
+                             seed=generation.seed)
 
     def extend_prompt(self, prompt, language="en", image=None, seed=0, session=None):
         """The prompt rewritten by the local prompt-extension model (it sees the image if it is a VL model)."""
@@ -323,54 +338,55 @@ class Studio:
         probe_video(request.video)
         if request.target_image:
             load_image(request.target_image)
-        run = RunFolder(self.out_dir, "edit", self.device)
-        request = request.replace(video=run.keep(request.video, "source"), output=run.file("edited.mp4"),
-                                  target_image=run.keep(request.target_image, "edited_first_frame"))
-        timer = run.timer
-        with self.turn(session, EDIT_TASK) as models:
-            with timer.stage("load source"):
-                source = load_source(models.config, request.video, settings.frame_num, settings.max_area)
-            cache_path = self.inversions.path(source, request.source_prompt, settings, models.fingerprint)
-            inversion = self.inversions.get(cache_path, source, models.fingerprint) if reuse_inversion else None
-            reused, engine = inversion is not None, Runner(models)
-            if not reused:
-                with timer.stage("invert"):
-                    job = prepare_inversion(models, source, request.source_prompt, settings)
-                    inversion = inversion_result(job, source, request.source_prompt, engine.invert(job),
-                                                 models.fingerprint)
-                self.inversions.put(cache_path, inversion)
-            with timer.stage("regenerate"):
-                target = target_frame(request, source)
-                job = prepare_regeneration(models, models.encode_frames(target), request.target_prompt, settings,
-                                           tokens(models, inversion.latent.shape))
-                job.latent = inversion.latent.to(models.device)
-                latent = engine.denoise(job)
-            with timer.stage("decode and write"):
-                edited = models.decode(latent)
-                fps = settings.fps or source.fps
-                save_video(edited[None], save_file=request.output, fps=fps, nrow=1)
-                write_comparison(request.output, source.frames, target, edited, fps)
-        config = {"ckpt_dir": self.checkpoint.path, **{k: v for k, v in request.to_dict().items()
-                                                       if k != "output" and v is not None},
-                  **_without_none(settings.replace(frame_num=source.frame_num).to_dict()), "comparison": True,
-                  "load": self._load_settings()}
-        settings_file = run.file("edited.settings.yaml")
-        text = run.write_settings("edited.settings.yaml", config)
-        inversion_note = (f"Inversion: reused the cached inversion of this clip and these settings (no "
-                          f"{settings.inversion.scheme} steps run)." if reused else
-                          f"Inversion: {settings.inversion.inverted_steps} {settings.inversion.scheme} steps in "
-                          f"{timer.records['invert'].seconds:.1f} s, cached for re-edits.")
-        total = sum(record.seconds for record in timer.records.values())
-        message = (f"Edited {source.size[0]}x{source.size[1]}, {source.frame_num} frames in {total:.1f} s. "
-                   f"{inversion_note}")
-        comparison = f"{os.path.splitext(request.output)[0]}_comparison.mp4"
-        images = [(f"{os.path.splitext(request.output)[0]}_{name}_first_frame.png", f"{name} first frame")
-                  for name in ("source", "target", "edited")]
-        report = run.report("Wan UI: edit", [(request.output, "edited"), (comparison, "source | target frame | edit")],
-                            images, {"source prompt": request.source_prompt, "target prompt": request.target_prompt},
-                            config, f"{message} Inversion file: {cache_path}")
-        return RunResult(str(run.path), request.output, settings_file, text, report, message,
-                         comparison=comparison, reused_inversion=reused)
+        with self._new_run("edit") as run:
+            request = request.replace(video=run.keep(request.video, "source"), output=run.file("edited.mp4"),
+                                      target_image=run.keep(request.target_image, "edited_first_frame"))
+            timer = run.timer
+            with self.turn(session, EDIT_TASK) as models:
+                with timer.stage("load source"):
+                    source = load_source(models.config, request.video, settings.frame_num, settings.max_area)
+                cache_path = self.inversions.path(source, request.source_prompt, settings, models.fingerprint)
+                inversion = self.inversions.get(cache_path, source, models.fingerprint) if reuse_inversion else None
+                reused, engine = inversion is not None, Runner(models)
+                if not reused:
+                    with timer.stage("invert"):
+                        job = prepare_inversion(models, source, request.source_prompt, settings)
+                        inversion = inversion_result(job, source, request.source_prompt, engine.invert(job),
+                                                     models.fingerprint)
+                    self.inversions.put(cache_path, inversion)
+                with timer.stage("regenerate"):
+                    target = target_frame(request, source)
+                    job = prepare_regeneration(models, models.encode_frames(target), request.target_prompt, settings,
+                                               tokens(models, inversion.latent.shape))
+                    job.latent = inversion.latent.to(models.device)
+                    latent = engine.denoise(job)
+                with timer.stage("decode and write"):
+                    edited = models.decode(latent)
+                    fps = settings.fps or source.fps
+                    save_video(edited[None], save_file=request.output, fps=fps, nrow=1)
+                    write_comparison(request.output, source.frames, target, edited, fps)
+            config = {"ckpt_dir": self.checkpoint.path, **{k: v for k, v in request.to_dict().items()
+                                                           if k != "output" and v is not None},
+                      **_without_none(settings.replace(frame_num=source.frame_num).to_dict()), "comparison": True,
+                      "load": self._load_settings()}
+            settings_file = run.file("edited.settings.yaml")
+            text = run.write_settings("edited.settings.yaml", config)
+            inversion_note = (f"Inversion: reused the cached inversion of this clip and these settings (no "
+                              f"{settings.inversion.scheme} steps run)." if reused else
+                              f"Inversion: {settings.inversion.inverted_steps} {settings.inversion.scheme} steps in "
+                              f"{timer.records['invert'].seconds:.1f} s, cached for re-edits.")
+            total = sum(record.seconds for record in timer.records.values())
+            message = (f"Edited {source.size[0]}x{source.size[1]}, {source.frame_num} frames in {total:.1f} s. "
+                       f"{inversion_note}")
+            comparison = f"{os.path.splitext(request.output)[0]}_comparison.mp4"
+            images = [(f"{os.path.splitext(request.output)[0]}_{name}_first_frame.png", f"{name} first frame")
+                      for name in ("source", "target", "edited")]
+            report = run.report("Wan UI: edit",
+                                [(request.output, "edited"), (comparison, "source | target frame | edit")], images,
+                                {"source prompt": request.source_prompt, "target prompt": request.target_prompt},
+                                config, f"{message} Inversion file: {cache_path}")
+            return RunResult(str(run.path), request.output, settings_file, text, report, message,
+                             comparison=comparison, reused_inversion=reused)
 
     # -- continue ------------------------------------------------------------------------------
     def continue_video(self, video, task, captioner=CAPTIONER_PROCEDURAL, prompt="", num_videos=2, size=None,
@@ -392,23 +408,42 @@ class Studio:
             raise SettingsError("prompt", "is required without a captioner (it is the whole prompt)")
         if captioning is not None and frames < captioning.num_frames:
             raise SettingsError("video", f"has {frames} frames; the captioner needs at least {captioning.num_frames}")
-        run = RunFolder(self.out_dir, "continue", self.device)
-        generation = generation.replace(seed=resolve_seed(generation.seed), video=run.keep(generation.video, "input"))
-        settings = {"ckpt_dir": self.checkpoint.path, "num_videos": num_videos,
-                    **{key: value for key, value in generation.to_dict().items()
-                       if key in CONTINUE_KEYS and value is not None},
-                    "load": self._load_settings(with_vlm=captioner == CAPTIONER_VLM)}
+        with self._new_run("continue") as run:
+            generation = generation.replace(seed=resolve_seed(generation.seed),
+                                            video=run.keep(generation.video, "input"))
+            settings = {"ckpt_dir": self.checkpoint.path, "num_videos": num_videos,
+                        **{key: value for key, value in generation.to_dict().items()
+                           if key in CONTINUE_KEYS and value is not None},
+                        "load": self._load_settings(with_vlm=captioner == CAPTIONER_VLM)}
+            for rows, finished in self._chain(run, generation, num_videos, captioning, settings, session):
+                if finished is None:
+                    yield ChainUpdate(rows, _latest_video(run.path))
+            paths, stitched = finished
+            message = (f"{num_videos} continuation{'s' if num_videos > 1 else ''} of the clip, stitched into "
+                       f"{probe_video(stitched)[0]} frames in {run.timer.records['continue'].seconds:.1f} s "
+                       f"(seeds {generation.seed} to {generation.seed + num_videos - 1}).")
+            report = run.report(f"Wan UI: continue ({task})", [(stitched, "stitched")] + [
+                (path, f"continuation {index}") for index, path in enumerate(paths, 1)],
+                prompts={f"video {row[0]}": row[2] for row in rows}, settings=settings, notes=message)
+            settings_file = run.file("chain.settings.yaml")
+            result = RunResult(str(run.path), stitched, settings_file, _read(settings_file), report, message,
+                               seed=generation.seed)
+            yield ChainUpdate(rows, paths[-1], result)
+
+    def _chain(self, run, generation, num_videos, captioner, settings, session):
+        """wan.runner.run_chain in a worker thread, watched from here: yields (rows, None) whenever the
+        table changes (a caption written, a video finished), then (rows, (paths, stitched))."""
         events, abandoned = queue.Queue(), threading.Event()
 
         def chain():
-            recorder = None if captioning is None else CaptionRecorder(captioning, events)
+            recorder = None if captioner is None else CaptionRecorder(captioner, events)
             try:
-                with self.turn(session, task, recorder) as models, run.timer.stage("continue"):
+                with self.turn(session, generation.task, recorder) as models, run.timer.stage("continue"):
                     if abandoned.is_set():  # the request ended while this job waited for its turn
                         raise RunCancelled("cancelled")
                     events.put(("done", run_chain(lambda: models, generation, str(run.path), num_videos,
                                                   resolved=settings)))
-            except BaseException as exc:  # handed to the generator, which raises it in the request
+            except BaseException as exc:  # handed over, and raised in the request
                 events.put(("error", exc))
 
         worker = threading.Thread(target=contextvars.copy_context().run, args=(chain,), name="continue", daemon=True)
@@ -422,29 +457,18 @@ class Studio:
                     kind, value = None, None
                 if kind == "error":
                     raise value
-                if kind == "caption":
-                    captions.append(value)
+                captions += [value] if kind == "caption" else []
                 rows = _chain_rows(run.path, generation.seed, captions, num_videos)
                 if kind == "done":
-                    break
+                    yield rows, value
+                    return
                 if rows != shown:
                     shown = rows
-                    yield ChainUpdate(rows, _latest_video(run.path))
+                    yield rows, None
         finally:
             if worker.is_alive():  # the request was cancelled or failed: stop the chain at its next step
                 abandoned.set()
                 self.cancel(session)
-        paths, stitched = value
-        message = (f"{num_videos} continuation{'s' if num_videos > 1 else ''} of the clip, stitched into "
-                   f"{probe_video(stitched)[0]} frames in {run.timer.records['continue'].seconds:.1f} s "
-                   f"(seeds {generation.seed} to {generation.seed + num_videos - 1}).")
-        report = run.report(f"Wan UI: continue ({task})", [(stitched, "stitched")] + [
-            (path, f"continuation {index}") for index, path in enumerate(paths, 1)],
-            prompts={f"video {row[0]}": row[2] for row in rows}, settings=settings, notes=message)
-        settings_file = run.file("chain.settings.yaml")
-        result = RunResult(str(run.path), stitched, settings_file, _read(settings_file), report, message,
-                           seed=generation.seed)
-        yield ChainUpdate(rows, paths[-1], result)
 
     # -- toy-world inputs ----------------------------------------------------------------------
     def toy_edit_scenes(self):
@@ -501,47 +525,47 @@ class Studio:
         if init_frame:
             load_image(init_frame)
         guidance = GuidanceSettings(**(guidance or {}))
-        run = RunFolder(self.out_dir, "qwen", self.device)
-        video, init_frame = run.keep(video, "source"), run.keep(init_frame, "init_frame")
-        video_job = VideoJob(video=video, output=run.file("stylised.mp4"), work_dir=run.file("work"), stride=stride,
-                             size=size, max_frames=max_frames, fps=fps)
-        edit_job = EditJob(init_frame=init_frame, edge_frames_dir=None, out_frames_dir=None, **(job or {}))
-        editor, perceptual = self._qwen_editor()
-        view = copy.copy(editor)  # the warm editor with this run's guidance and condition sizes
-        view.guidance = guidance
-        view.condition_area = _area(condition_size, editor.condition_area)
-        view.vae_condition_area = _area(vae_size, editor.vae_condition_area)
-        settings = {"model": self.qwen_model, "video": video, "init_frame": init_frame, "size": size,
-                    "stride": stride, "max_frames": max_frames, **(job or {}), "guidance": asdict(guidance),
-                    "condition_area": view.condition_area, "vae_condition_area": view.vae_condition_area}
-        edit_frame = view.edit
+        with self._new_run("qwen") as run:
+            video, init_frame = run.keep(video, "source"), run.keep(init_frame, "init_frame")
+            video_job = VideoJob(video=video, output=run.file("stylised.mp4"), work_dir=run.file("work"), stride=stride,
+                                 size=size, max_frames=max_frames, fps=fps)
+            edit_job = EditJob(init_frame=init_frame, edge_frames_dir=None, out_frames_dir=None, **(job or {}))
+            editor, perceptual = self._qwen_editor()
+            view = copy.copy(editor)  # the warm editor with this run's guidance and condition sizes
+            view.guidance = guidance
+            view.condition_area = _area(condition_size, editor.condition_area)
+            view.vae_condition_area = _area(vae_size, editor.vae_condition_area)
+            settings = {"model": self.qwen_model, "video": video, "init_frame": init_frame, "size": size,
+                        "stride": stride, "max_frames": max_frames, **(job or {}), "guidance": asdict(guidance),
+                        "condition_area": view.condition_area, "vae_condition_area": view.vae_condition_area}
+            edit_frame = view.edit
 
-        def edit_unless_cancelled(*args, **kwargs):  # a cancel stops the run before its next frame
-            self._stop_if_cancelled()
-            return edit_frame(*args, **kwargs)
+            def edit_unless_cancelled(*args, **kwargs):  # a cancel stops the run before its next frame
+                self._stop_if_cancelled()
+                return edit_frame(*args, **kwargs)
 
-        view.edit = edit_unless_cancelled
-        with self._exclusive(session):
-            result = process_video(video_job, edit_job, settings, lambda: (view, perceptual), run.timer)
-        settings["fps"] = result.fps
-        report = write_edit_report(run.file("report.html"), "Wan UI: Qwen TTLG", [("stylised", result.output),
-                                   ("source", video)], result.init_frame, result.rows,
-                                   {"prompt": edit_job.prompt, "negative prompt": edit_job.negative_prompt},
-                                   settings, run.timer)
-        command = qwen_command(self.qwen_model, video, result.output, init_frame, size, stride, max_frames, fps,
-                               edit_job, guidance, view.condition_area, view.vae_condition_area)
-        frames = [os.path.join(result.frames_dir, name) for name in sorted(os.listdir(result.frames_dir))
-                  if name.startswith("frame_") and name.endswith(".png")]
-        indices = [int(row["frame"]) for row in result.rows]
-        plot = line_plot({column.replace("_", " "): (indices, [float(row[column]) for row in result.rows])
-                          for column in LOSS_COLUMNS}, "TTLG losses per frame", "frame", "loss", 560, 260)
-        message = (f"Stylised {len(frames)} frames in {run.timer.records['edit'].seconds:.1f} s"
-                   if "edit" in run.timer.records else f"Stylised {len(frames)} frames")
-        command_file = run.file("command.sh")
-        with open(command_file, "w") as f:
-            f.write(command + "\n")
-        return RunResult(str(run.path), result.output, command_file, command, report, message + ".", frames=frames,
-                         plot=plot, seed=edit_job.seed)
+            view.edit = edit_unless_cancelled
+            with self._exclusive(session):
+                result = process_video(video_job, edit_job, settings, lambda: (view, perceptual), run.timer)
+            settings["fps"] = result.fps
+            report = write_edit_report(run.file("report.html"), "Wan UI: Qwen TTLG", [("stylised", result.output),
+                                       ("source", video)], result.init_frame, result.rows,
+                                       {"prompt": edit_job.prompt, "negative prompt": edit_job.negative_prompt},
+                                       settings, run.timer)
+            command = qwen_command(self.qwen_model, video, result.output, init_frame, size, stride, max_frames, fps,
+                                   edit_job, guidance, view.condition_area, view.vae_condition_area)
+            frames = [os.path.join(result.frames_dir, name) for name in sorted(os.listdir(result.frames_dir))
+                      if name.startswith("frame_") and name.endswith(".png")]
+            indices = [int(row["frame"]) for row in result.rows]
+            plot = line_plot({column.replace("_", " "): (indices, [float(row[column]) for row in result.rows])
+                              for column in LOSS_COLUMNS}, "TTLG losses per frame", "frame", "loss", 560, 260)
+            message = (f"Stylised {len(frames)} frames in {run.timer.records['edit'].seconds:.1f} s"
+                       if "edit" in run.timer.records else f"Stylised {len(frames)} frames")
+            command_file = run.file("command.sh")
+            with open(command_file, "w") as f:
+                f.write(command + "\n")
+            return RunResult(str(run.path), result.output, command_file, command, report, message + ".", frames=frames,
+                             plot=plot, seed=edit_job.seed)
 
     def _qwen_editor(self):
         """The Qwen-Image-Edit editor and its perceptual metric, loaded on first use and kept."""
