@@ -294,18 +294,24 @@ def test_cancel_stops_the_running_job(ui, served):
     ui.locator("#edit_scheme input").fill("heun")
     ui.locator("#edit_scheme input").press("Enter")
     set_number(ui, "edit_inv_steps", 200)  # 400 DiT passes: seconds
+    set_number(ui, "edit_frames", 17)
     ui.locator("#edit_reuse input").uncheck()
     ui.locator("#edit_run").click()
-    ui.locator(".progress-level-inner", has_text="inverting").first.wait_for()  # the pipeline's own tqdm bar
+    deadline = time.monotonic() + 30
+    while not studio.busy and time.monotonic() < deadline:  # the job has the models
+        time.sleep(0.02)
+    # the pipeline's own tqdm bar, in the page
+    ui.locator(".progress-level-inner", has_text=re.compile("inverting")).first.wait_for()
     ui.locator("#edit_cancel").click()
-    ui.get_by_text("Cancelling: the run stops at its next step.").first.wait_for()
+    ui.get_by_text("Cancelled: a running job stops at its next step.").first.wait_for()
     deadline = time.monotonic() + 20
-    while studio._running_session is not None and time.monotonic() < deadline:
+    while studio.busy and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert studio._running_session is None  # the job stopped and gave the models back
+    assert not studio.busy  # the job stopped and gave the models back
     assert finished_edits(studio) == edits_before  # no output, and no run folder left behind
     ui.locator("#edit_reuse input").check()
     set_number(ui, "edit_inv_steps", 2)
+    set_number(ui, "edit_frames", 5)
     ui.locator("#edit_run").click()  # the next job runs
     wait_for_new_run(ui, "edit_status")
 
@@ -464,7 +470,7 @@ def test_cancel_from_another_thread(served):
 
     worker = threading.Thread(target=long_generation)
     worker.start()
-    while studio._running_session != "long":
+    while not studio.busy:
         time.sleep(0.01)
     assert not studio.cancel("another session")
     assert studio.cancel("long")

@@ -175,8 +175,8 @@ def _files(prefix):
 
 def _wire_cancel(studio, button, event):
     def cancel(request: gr.Request):
-        if studio.cancel(_session(request)):
-            gr.Info("Cancelling: the run stops at its next step.")
+        studio.cancel(_session(request))  # a run not started yet is taken off the queue by Gradio
+        gr.Info("Cancelled: a running job stops at its next step.")
 
     button.click(cancel, None, None, cancels=[event], api_visibility="private")  # queued: its message shows
 

@@ -247,6 +247,11 @@ class Studio:
             view.place = place_unless_cancelled
             yield view
 
+    @property
+    def busy(self):
+        """A job holds the models."""
+        return self._running_session is not None
+
     def cancel(self, session=None):
         """Stop the running job at its next DiT pass, if `session` started it (None: whichever runs)."""
         if self._running_session is not None and session in (None, self._running_session):
