@@ -137,10 +137,12 @@ def build_app(studio):
 
 
 def header(studio):
-    device = studio.device
+    options = {key: value for key, value in studio.load_settings().items() if key != "offload_model"}
+    loaded = f" with {', '.join(f'`{key}: {value}`' for key, value in options.items())}" if options else ""
     return (f"# Wan studio\n{studio.checkpoint.note}\n\nModels loaded once in {studio.load_seconds:.1f} s on "
-            f"`{device}` and kept warm; jobs run one at a time, in order. Every run writes a folder under "
-            f"`{studio.out_dir}` with its video, a settings file for the scripts' `--config` and an HTML report.")
+            f"`{studio.device}`{loaded} and kept warm; jobs run one at a time, in order. Every run writes a folder "
+            f"under `{studio.out_dir}` with its video, a settings file for the scripts' `--config` and an HTML "
+            "report.")
 
 
 def launch(studio, host="127.0.0.1", port=7860, block=True, quiet=False):

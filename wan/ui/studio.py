@@ -229,15 +229,18 @@ class Studio:
             raise RunCancelled("cancelled")
 
     @contextlib.contextmanager
-    def turn(self, session=None, task=None, captioner=KEEP):
+    def turn(self, session=None, task=None, captioner=KEEP, step_cache=None):
         """Wait for the models, then yield a view of them for one job: `task`'s configuration, the
-        chosen captioner (None: none), and a placement hook that stops the job when `session` cancels."""
+        chosen captioner (None: none), the step cache threshold (None: the load option's), and a
+        placement hook that stops the job when `session` cancels. view.step_caches: the caches in use."""
         with self._exclusive(session):
             view = copy.copy(self.models)
             if task is not None:
                 view.config = WAN_CONFIGS[task]
             if captioner is not KEEP:
                 view.captioner = captioner
+            threshold = self.load.step_cache if step_cache is None else step_cache
+            view.step_caches = [enable_step_cache(model, threshold) for model in self.models.experts]
             place = self.models.place
 
             def place_unless_cancelled(model):
@@ -259,11 +262,7 @@ class Studio:
             return True
         return False
 
-    def _set_step_cache(self, threshold):
-        """The per-run speed option: skip DiT blocks on steps that change little (0: off)."""
-        return [enable_step_cache(model, threshold) for model in self.models.experts]
-
-    def _load_settings(self, step_cache=None, with_vlm=False):
+    def load_settings(self, step_cache=None, with_vlm=False):
         """The load options for a settings file: those that differ from the defaults."""
         load, plain = self.load.to_dict(), LoadOptions().to_dict()
         if step_cache is not None:
@@ -274,8 +273,9 @@ class Studio:
 
     # -- generate ------------------------------------------------------------------------------
     def generate(self, task, prompt, images=None, size=None, frame_num=None, seed=-1, sampling=None, n_prompt="",
-                 step_cache=0.0, fps=None, session=None):
+                 step_cache=None, fps=None, session=None):
         """One video of `task` (a text or image task of the checkpoint); the seed used is returned.
+        step_cache: this run's threshold (None: the load option's).
         images: {"image": path} for the tasks that take a first frame (and "last_image" for those
         that take a last one)."""
         self._check_task(task, video=False)
@@ -283,7 +283,7 @@ class Studio:
         generation = Generation.from_dict({"task": task, "prompt": prompt or "", "n_prompt": n_prompt or "",
                                            **images, "size": size, "frame_num": frame_num, "seed": seed,
                                            "fps": fps or WAN_CONFIGS[task].sample_fps, "sampling": sampling or {}})
-        step_cache = _step_cache(step_cache)
+        step_cache = _step_cache(self.load.step_cache if step_cache is None else step_cache)
         check_inputs(generation)
         check_on_grid(WAN_CONFIGS[task], generation.size)
         for path in images.values():
@@ -296,15 +296,14 @@ class Studio:
             settings = {"ckpt_dir": self.checkpoint.path,
                         **{key: value for key, value in generation.to_dict().items()
                            if key in GENERATE_KEYS and value is not None},
-                        "load": self._load_settings(step_cache)}
+                        "load": self.load_settings(step_cache)}
             output = run.file("video.mp4")
-            with self.turn(session, task) as models, run.timer.stage("generate"):
-                caches = self._set_step_cache(step_cache)
+            with self.turn(session, task, step_cache=step_cache) as models, run.timer.stage("generate"):
                 run_generation(models, generation, output, resolved=settings)
             frames, fps, width, height = probe_video(output)
             notes = [f"Generated {width}x{height}, {frames} frames ({frames / fps:.2f} s at {fps:g} fps) in "
                      f"{run.timer.records['generate'].seconds:.1f} s with seed {generation.seed}."]
-            notes += _step_cache_notes(caches)
+            notes += _step_cache_notes(models.step_caches)
             warning = unsupported_size_warning(generation) if self.checkpoint.kind == "model" else None
             notes += [f"Note: {warning}; quality may suffer."] if warning else []
             inputs = [(getattr(generation, name), name.replace("_", " ")) for name in images]
@@ -373,7 +372,7 @@ class Studio:
             config = {"ckpt_dir": self.checkpoint.path, **{k: v for k, v in request.to_dict().items()
                                                            if k != "output" and v is not None},
                       **_without_none(settings.replace(frame_num=source.frame_num).to_dict()), "comparison": True,
-                      "load": self._load_settings()}
+                      "load": self.load_settings()}
             settings_file = run.file("edited.settings.yaml")
             text = run.write_settings("edited.settings.yaml", config)
             inversion_note = (f"Inversion: reused the cached inversion of this clip and these settings (no "
@@ -419,7 +418,7 @@ class Studio:
             settings = {"ckpt_dir": self.checkpoint.path, "num_videos": num_videos,
                         **{key: value for key, value in generation.to_dict().items()
                            if key in CONTINUE_KEYS and value is not None},
-                        "load": self._load_settings(with_vlm=captioner == CAPTIONER_VLM)}
+                        "load": self.load_settings(with_vlm=captioner == CAPTIONER_VLM)}
             for rows, finished in self._chain(run, generation, num_videos, captioning, settings, session):
                 if finished is None:
                     yield ChainUpdate(rows, _latest_video(run.path))
@@ -630,7 +629,7 @@ def _area(size, default):
 def _step_cache(threshold):
     from ..settings import number
 
-    return number("step_cache", threshold or 0.0, low=0, high=10)
+    return number("step_cache", threshold, low=0, high=10)
 
 
 def _step_cache_notes(caches):
