@@ -412,11 +412,15 @@ def test_toy_edit_scene_renders_a_case(client, served):
 
 
 def test_qwen_endpoint(client):
-    video, status, frames, plot, command, files = client.predict(
-        handle_file(KITTEN), None, "make it a watercolour", " ", "64*64", 4, 1, STEPS, 1.0, 0, 1.0, 0.5, 0.25, 0.03,
-        2, 1, "56*56", "64*64", api_name="/qwen_ttlg")
+    arguments = [handle_file(KITTEN), None, "make it a watercolour", " ", "64*64", 4, 1, STEPS, 1.0, 0, 1.0, 0.5,
+                 0.25, 0.03, 2, 1, "56*56", "64*64"]
+    video, status, frames, plot, command, files = client.predict(*arguments, api_name="/qwen_ttlg")
     assert probe_video(video)[0] == 1 and len(frames) == 1 and "<svg" in plot
     assert "--ttlg_gram_scale 0.5" in command and any(path.endswith("report.html") for path in files)
+    with pytest.raises(Exception, match=re.escape("Steps must be in [1, 1000], got 0")):
+        client.predict(*arguments[:7], 0, *arguments[8:], api_name="/qwen_ttlg")
+    with pytest.raises(Exception, match=re.escape("Size (W*H) must look like WIDTH*HEIGHT")):
+        client.predict(*arguments[:4], "large", *arguments[5:], api_name="/qwen_ttlg")
 
 
 @pytest.mark.parametrize("change, message", [

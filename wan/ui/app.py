@@ -43,7 +43,10 @@ EDIT_LABELS = {"video": "Source video", "source_prompt": "Source prompt", "targe
 CONTINUE_LABELS = {**GENERATE_LABELS, "video": "Clip", "size": "Max area (W*H)", "num_videos": "Continuations",
                    "captioner": "Captioner", "prompt": "Prompt prefix", "toy clip": "Toy clip"}
 QWEN_LABELS = {"video": "Clip", "size": "Size (W*H)", "condition_size": "Condition image size",
-               "vae_size": "VAE image size"}
+               "vae_size": "VAE image size", "stride": "Stride", "max_frames": "Max frames", "seed": "Seed",
+               "num_inference_steps": "Steps", "true_cfg_scale": "True CFG scale", "edge_scale": "Edge",
+               "gram_scale": "Gram (style)", "temporal_scale": "Temporal", "lr": "Step size",
+               "last_steps": "Guide in the last K steps", "every": "every M-th"}
 VIDEO_HEIGHT = 320
 CSS = "#header {margin-bottom: 0} .status p {margin: 0.2em 0}"
 
@@ -260,8 +263,8 @@ def _generate_tab(studio):
     def generate(task_name, prompt_text, first_frame, last_frame, size_text, frame_num, steps_value, shift_value,
                  guide_value, guide_high_value, solver_name, seed_value, negative, cache_threshold,
                  request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-        two_experts = _guides(defaults(task_name))[1] is not None
         with page_errors(GENERATE_LABELS, {"First frame": first_frame, "Last frame": last_frame}):
+            two_experts = _guides(defaults(task_name))[1] is not None
             given = {"image": first_frame, "last_image": last_frame}  # a hidden field may still hold a file
             result = studio.generate(
                 task_name, prompt_text, {name: path for name, path in given.items() if _takes(task_name, name)},
@@ -473,8 +476,8 @@ def _continue_tab(studio):
     def continue_video(clip_path, task_name, captioner_name, prefix, num_videos, size_text, frame_num, steps_value,
                        solver_name, shift_value, guide_value, guide_high_value, seed_value, negative,
                        request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-        two_experts = _guides(defaults(task_name))[1] is not None
         with page_errors(CONTINUE_LABELS, {"Clip": clip_path}):
+            two_experts = _guides(defaults(task_name))[1] is not None
             for update in studio.continue_video(
                     clip_path, task_name, captioner_name, prefix, num_videos, size_text, frame_num, seed_value,
                     sampling(solver_name, steps_value, shift_value, guide_value,
@@ -546,7 +549,7 @@ def _qwen_tab(studio):
                 gallery = gr.Gallery(label="Stylised frames", columns=6, elem_id="qwen_frames")
                 plot = gr.HTML(elem_id="qwen_plot")
                 command = gr.Code(language="shell", label="The same run with qwen_video_edit.py", interactive=False,
-                                  elem_id="qwen_command")
+                                  wrap_lines=True, elem_id="qwen_command")
                 files = _files("qwen")
 
     def stylise(clip_path, init_path, prompt_text, negative_text, size_text, stride_value, max_frame_count,
@@ -555,13 +558,13 @@ def _qwen_tab(studio):
         with page_errors(QWEN_LABELS, {"Clip": clip_path, "Init frame": init_path}):
             result = studio.qwen_video(
                 clip_path, init_path,
-                {"prompt": prompt_text, "negative_prompt": negative_text, "seed": int(seed_value or 0),
-                 "num_inference_steps": int(steps_value), "true_cfg_scale": float(cfg_value)},
+                {"prompt": prompt_text, "negative_prompt": negative_text, "seed": seed_value,
+                 "num_inference_steps": steps_value, "true_cfg_scale": cfg_value},
                 {"edge_scale": edge_value, "gram_scale": gram_value, "temporal_scale": temporal_value,
-                 "lr": lr_value, "last_steps": int(last_value or 0), "every": int(every_value or 1)},
-                optional_size("size", size_text), int(stride_value or 1), int(max_frame_count) if max_frame_count
-                else None, None, optional_size("condition_size", condition_text),
-                optional_size("vae_size", vae_text), _session(request))
+                 "lr": lr_value, "last_steps": last_value, "every": every_value},
+                optional_size("size", size_text), stride_value, max_frame_count or None, None,
+                optional_size("condition_size", condition_text), optional_size("vae_size", vae_text),
+                _session(request))
         return result.video, status_of(result), result.frames, result.plot, result.settings, result.files
 
     event = run.click(stylise, [clip, init, prompt, negative, size, stride, max_frames, steps, cfg, seed, edge, gram,

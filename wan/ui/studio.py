@@ -37,7 +37,7 @@ from ..models import Models
 from ..report import line_plot
 from ..runner import Runner, run_chain
 from ..runner import generate as run_generation
-from ..settings import EditSettings, Generation, LoadOptions, SettingsError, choice, integer
+from ..settings import MAX_SEED, EditSettings, Generation, LoadOptions, SettingsError, choice, integer, number
 from ..step_cache import enable_step_cache
 from ..tasks import check_inputs, get_task, unsupported_size_warning
 from ..tasks.common import check_on_grid, tokens
@@ -528,19 +528,20 @@ class Studio:
         probe_video(video)
         if init_frame:
             load_image(init_frame)
-        guidance = GuidanceSettings(**(guidance or {}))
+        job, guidance, stride, max_frames = _qwen_settings(job or {}, guidance or {}, stride, max_frames)
+        guidance = GuidanceSettings(**guidance)
         with self._new_run("qwen") as run:
             video, init_frame = run.keep(video, "source"), run.keep(init_frame, "init_frame")
             video_job = VideoJob(video=video, output=run.file("stylised.mp4"), work_dir=run.file("work"), stride=stride,
                                  size=size, max_frames=max_frames, fps=fps)
-            edit_job = EditJob(init_frame=init_frame, edge_frames_dir=None, out_frames_dir=None, **(job or {}))
+            edit_job = EditJob(init_frame=init_frame, edge_frames_dir=None, out_frames_dir=None, **job)
             editor, perceptual = self._qwen_editor()
             view = copy.copy(editor)  # the warm editor with this run's guidance and condition sizes
             view.guidance = guidance
             view.condition_area = _area(condition_size, editor.condition_area)
             view.vae_condition_area = _area(vae_size, editor.vae_condition_area)
             settings = {"model": self.qwen_model, "video": video, "init_frame": init_frame, "size": size,
-                        "stride": stride, "max_frames": max_frames, **(job or {}), "guidance": asdict(guidance),
+                        "stride": stride, "max_frames": max_frames, **job, "guidance": asdict(guidance),
                         "condition_area": view.condition_area, "vae_condition_area": view.vae_condition_area}
             edit_frame = view.edit
 
@@ -622,13 +623,29 @@ def resolve_seed(seed):
     return random.randrange(UI_SEEDS) if seed < 0 else seed
 
 
+def _qwen_settings(job, guidance, stride, max_frames):
+    """The Qwen TTLG numbers, checked here so a bad one is a message naming its field."""
+    job = dict(job)
+    for name, low in (("seed", 0), ("num_inference_steps", 1)):
+        if name in job:
+            job[name] = integer(name, job[name], low=low, high=MAX_SEED if name == "seed" else 1000)
+    if "true_cfg_scale" in job:
+        job["true_cfg_scale"] = number("true_cfg_scale", job["true_cfg_scale"], low=0, high=100)
+    checked = {name: number(name, value, low=0) for name, value in guidance.items()
+               if name in ("edge_scale", "gram_scale", "temporal_scale", "lr")}
+    for name, low in (("last_steps", 0), ("every", 1)):
+        if name in guidance:
+            checked[name] = integer(name, guidance[name], low=low)
+    stride = integer("stride", stride, low=1)
+    max_frames = None if max_frames is None else integer("max_frames", max_frames, low=1)
+    return job, checked, stride, max_frames
+
+
 def _area(size, default):
     return size[0] * size[1] if size else default
 
 
 def _step_cache(threshold):
-    from ..settings import number
-
     return number("step_cache", threshold, low=0, high=10)
 
 
