@@ -293,8 +293,9 @@ def test_cancel_stops_the_running_job(ui, served):
     ui.wait_for_function("() => document.querySelector('#edit_image img') !== null")
     ui.locator("#edit_scheme input").fill("heun")
     ui.locator("#edit_scheme input").press("Enter")
-    set_number(ui, "edit_inv_steps", 200)  # 400 DiT passes: seconds
+    set_number(ui, "edit_inv_steps", 200)  # 400 DiT passes on 320 tokens: seconds
     set_number(ui, "edit_frames", 17)
+    set_number(ui, "edit_max_area", 256 * 256)
     ui.locator("#edit_reuse input").uncheck()
     ui.locator("#edit_run").click()
     deadline = time.monotonic() + 30
@@ -312,6 +313,7 @@ def test_cancel_stops_the_running_job(ui, served):
     ui.locator("#edit_reuse input").check()
     set_number(ui, "edit_inv_steps", 2)
     set_number(ui, "edit_frames", 5)
+    set_number(ui, "edit_max_area", 64 * 64)
     ui.locator("#edit_run").click()  # the next job runs
     wait_for_new_run(ui, "edit_status")
 

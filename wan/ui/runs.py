@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 
 from ..report import Report, StageTimer
-from ..utils.fileio import write_yaml_atomic
+from ..utils.fileio import atomic_path, write_yaml_atomic
 
 
 class RunFolder:
@@ -35,6 +35,12 @@ class RunFolder:
         write_yaml_atomic(path, settings)
         with open(path) as f:
             return f.read()
+
+    def write_text(self, name, text):
+        """A text file in the run (atomically); returns its path."""
+        with atomic_path(self.path / name) as temp:
+            temp.write_text(text)
+        return self.file(name)
 
     def report(self, title, videos=(), images=(), prompts=None, settings=None, notes=None, plots=()):
         """report.html: videos [(path, caption)], images [(path, caption)], prompts {name: text},

@@ -85,7 +85,6 @@ class RunResult:
     message: str
     seed: int = None
     comparison: str = None
-    reused_inversion: bool = False
     frames: list = field(default_factory=list)  # stylised frames (Qwen TTLG)
     plot: str = None  # an inline SVG (Qwen TTLG losses)
 
@@ -320,11 +319,13 @@ class Studio:
 
         if not self.prompt_extend_model:
             raise WanInputError("prompt extension needs a local model: start the UI with a prompt extension model")
-        if self._extender is None:
-            self._extender = make_prompt_extender("local_qwen", self.prompt_extend_model, device=self.device)
-        images = [load_image(image)] if image and self._extender.is_vl else None
+        seed = integer("seed", -1 if seed is None else seed, low=-1, high=MAX_SEED)
+        picture = load_image(image) if image else None
         with self.turn(session):
-            return self._extender(prompt or "", language, images, seed=max(int(seed or 0), 0))
+            if self._extender is None:  # loaded on first use, then kept
+                self._extender = make_prompt_extender("local_qwen", self.prompt_extend_model, device=self.device)
+            images = [picture] if picture is not None and self._extender.is_vl else None
+            return self._extender(prompt or "", language, images, seed=max(seed, 0))
 
     # -- edit ----------------------------------------------------------------------------------
     def edit(self, video, source_prompt, target_prompt, target_image=None, settings=None, reuse_inversion=True,
@@ -349,21 +350,14 @@ class Studio:
             with self.turn(session, EDIT_TASK) as models:
                 with timer.stage("load source"):
                     source = load_source(models.config, request.video, settings.frame_num, settings.max_area)
-                cache_path = self.inversions.path(source, request.source_prompt, settings, models.fingerprint)
-                inversion = self.inversions.get(cache_path, source, models.fingerprint) if reuse_inversion else None
-                reused, engine = inversion is not None, Runner(models)
-                if not reused:
-                    with timer.stage("invert"):
-                        job = prepare_inversion(models, source, request.source_prompt, settings)
-                        inversion = inversion_result(job, source, request.source_prompt, engine.invert(job),
-                                                     models.fingerprint)
-                    self.inversions.put(cache_path, inversion)
+                inversion, reused, cache_path = self._inversion(models, source, request.source_prompt, settings,
+                                                                reuse_inversion, timer)
                 with timer.stage("regenerate"):
                     target = target_frame(request, source)
                     job = prepare_regeneration(models, models.encode_frames(target), request.target_prompt, settings,
                                                tokens(models, inversion.latent.shape))
                     job.latent = inversion.latent.to(models.device)
-                    latent = engine.denoise(job)
+                    latent = Runner(models).denoise(job)
                 with timer.stage("decode and write"):
                     edited = models.decode(latent)
                     fps = settings.fps or source.fps
@@ -390,7 +384,20 @@ class Studio:
                                 {"source prompt": request.source_prompt, "target prompt": request.target_prompt},
                                 config, f"{message} Inversion file: {cache_path}")
             return RunResult(str(run.path), request.output, settings_file, text, report, message,
-                             comparison=comparison, reused_inversion=reused)
+                             comparison=comparison)
+
+    def _inversion(self, models, source, source_prompt, settings, reuse, timer):
+        """(Inversion, reused, cache file): the cached inversion of `source` under these settings, or
+        a fresh one (then cached)."""
+        cache_path = self.inversions.path(source, source_prompt, settings, models.fingerprint)
+        inversion = self.inversions.get(cache_path, source, models.fingerprint) if reuse else None
+        if inversion is not None:
+            return inversion, True, cache_path
+        with timer.stage("invert"):
+            job = prepare_inversion(models, source, source_prompt, settings)
+            inversion = inversion_result(job, source, source_prompt, Runner(models).invert(job), models.fingerprint)
+        self.inversions.put(cache_path, inversion)
+        return inversion, False, cache_path
 
     # -- continue ------------------------------------------------------------------------------
     def continue_video(self, video, task, captioner=CAPTIONER_PROCEDURAL, prompt="", num_videos=2, size=None,
@@ -518,6 +525,8 @@ class Studio:
         negative_prompt, seed, num_inference_steps, true_cfg_scale); guidance: GuidanceSettings
         fields; size / condition_size / vae_size: (width, height)."""
         from ..qwen_edit import EditJob, GuidanceSettings
+        from ..qwen_edit.frames import output_path
+        from ..qwen_edit.pipeline import CONDITION_IMAGE_AREA, VAE_IMAGE_AREA
         from ..qwen_edit.reporting import write_edit_report
         from ..qwen_edit.workflow import LOSS_COLUMNS, VideoJob, process_video
 
@@ -535,45 +544,31 @@ class Studio:
             video_job = VideoJob(video=video, output=run.file("stylised.mp4"), work_dir=run.file("work"), stride=stride,
                                  size=size, max_frames=max_frames, fps=fps)
             edit_job = EditJob(init_frame=init_frame, edge_frames_dir=None, out_frames_dir=None, **job)
-            editor, perceptual = self._qwen_editor()
-            view = copy.copy(editor)  # the warm editor with this run's guidance and condition sizes
-            view.guidance = guidance
-            view.condition_area = _area(condition_size, editor.condition_area)
-            view.vae_condition_area = _area(vae_size, editor.vae_condition_area)
+            areas = {"condition_area": _area(condition_size, CONDITION_IMAGE_AREA),
+                     "vae_condition_area": _area(vae_size, VAE_IMAGE_AREA)}
             settings = {"model": self.qwen_model, "video": video, "init_frame": init_frame, "size": size,
-                        "stride": stride, "max_frames": max_frames, **job, "guidance": asdict(guidance),
-                        "condition_area": view.condition_area, "vae_condition_area": view.vae_condition_area}
-            edit_frame = view.edit
-
-            def edit_unless_cancelled(*args, **kwargs):  # a cancel stops the run before its next frame
-                self._stop_if_cancelled()
-                return edit_frame(*args, **kwargs)
-
-            view.edit = edit_unless_cancelled
+                        "stride": stride, "max_frames": max_frames, **job, "guidance": asdict(guidance), **areas}
             with self._exclusive(session):
-                result = process_video(video_job, edit_job, settings, lambda: (view, perceptual), run.timer)
+                editor = self._qwen_view(guidance, areas)
+                result = process_video(video_job, edit_job, settings, lambda: editor, run.timer)
             settings["fps"] = result.fps
             report = write_edit_report(run.file("report.html"), "Wan UI: Qwen TTLG", [("stylised", result.output),
                                        ("source", video)], result.init_frame, result.rows,
                                        {"prompt": edit_job.prompt, "negative prompt": edit_job.negative_prompt},
                                        settings, run.timer)
             command = qwen_command(self.qwen_model, video, result.output, init_frame, size, stride, max_frames, fps,
-                                   edit_job, guidance, view.condition_area, view.vae_condition_area)
-            frames = [os.path.join(result.frames_dir, name) for name in sorted(os.listdir(result.frames_dir))
-                      if name.startswith("frame_") and name.endswith(".png")]
+                                   edit_job, guidance, areas["condition_area"], areas["vae_condition_area"])
             indices = [int(row["frame"]) for row in result.rows]
+            frames = [str(output_path(result.frames_dir, index)) for index in indices]
             plot = line_plot({column.replace("_", " "): (indices, [float(row[column]) for row in result.rows])
                               for column in LOSS_COLUMNS}, "TTLG losses per frame", "frame", "loss", 560, 260)
-            message = (f"Stylised {len(frames)} frames in {run.timer.records['edit'].seconds:.1f} s"
-                       if "edit" in run.timer.records else f"Stylised {len(frames)} frames")
-            command_file = run.file("command.sh")
-            with open(command_file, "w") as f:
-                f.write(command + "\n")
-            return RunResult(str(run.path), result.output, command_file, command, report, message + ".", frames=frames,
-                             plot=plot, seed=edit_job.seed)
+            message = f"Stylised {len(frames)} frames in {run.timer.records['edit'].seconds:.1f} s."
+            return RunResult(str(run.path), result.output, run.write_text("command.sh", command + "\n"), command,
+                             report, message, frames=frames, plot=plot, seed=edit_job.seed)
 
-    def _qwen_editor(self):
-        """The Qwen-Image-Edit editor and its perceptual metric, loaded on first use and kept."""
+    def _qwen_view(self, guidance, areas):
+        """(editor, perceptual metric) for one run: the warm Qwen-Image-Edit editor (loaded on first
+        use) with this run's guidance and condition sizes, stopping before its next frame on a cancel."""
         if self._qwen is None:
             from ..qwen_edit import PerceptualMetric, QwenFrameEditor
             from ..qwen_edit.loading import resolve_dtype
@@ -581,7 +576,19 @@ class Studio:
             device = str(self.device)
             editor = QwenFrameEditor.from_pretrained(self.qwen_model, device, resolve_dtype(self.qwen_dtype, device))
             self._qwen = editor, PerceptualMetric(editor.features, None, "alex", device)
-        return self._qwen
+        editor, perceptual = self._qwen
+        view = copy.copy(editor)
+        view.guidance = guidance
+        for name, area in areas.items():
+            setattr(view, name, area)
+        edit_frame = view.edit
+
+        def edit_unless_cancelled(*args, **kwargs):
+            self._stop_if_cancelled()
+            return edit_frame(*args, **kwargs)
+
+        view.edit = edit_unless_cancelled
+        return view, perceptual
 
     # -- checks --------------------------------------------------------------------------------
     def _check_task(self, task, video):
