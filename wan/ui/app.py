@@ -202,15 +202,15 @@ def _generate_tab(studio):
                     with gr.Row():
                         extend = gr.Button("Extend prompt", elem_id="gen_extend", size="sm")
                         language = Radio(["en", "zh"], value="en", label="Extended prompt language",
-                                            elem_id="gen_extend_language")
+                                         elem_id="gen_extend_language")
                 with gr.Row():
                     image = ImageFile(label="First frame", type="filepath", elem_id="gen_image",
-                                     visible=_takes(first, "image"))
+                                      visible=_takes(first, "image"))
                     last_image = ImageFile(label="Last frame", type="filepath", elem_id="gen_last_image",
-                                          visible=_takes(first, "last_image"))
+                                           visible=_takes(first, "last_image"))
                 with gr.Row():
                     size = Dropdown(list(profile.sizes), value=profile.size, label="Size", allow_custom_value=True,
-                                       elem_id="gen_size", info="WIDTH*HEIGHT (image tasks: the maximum area)")
+                                    elem_id="gen_size", info="WIDTH*HEIGHT (image tasks: the maximum area)")
                     frames = gr.Number(profile.frame_num, precision=0, label="Frames", elem_id="gen_frames",
                                        info="4n+1")
                 with gr.Accordion("Sampling", open=True):
@@ -219,17 +219,17 @@ def _generate_tab(studio):
                         solver = Dropdown(list(SOLVERS), value="unipc", label="Solver", elem_id="gen_solver")
                     with gr.Row():
                         shift = Slider(0.5, 20, official["sampling"]["shift"], step=0.5, label="Shift",
-                                          elem_id="gen_shift")
+                                       elem_id="gen_shift")
                         guide = Slider(0, 20, guide_low, step=0.5, label="Guidance scale", elem_id="gen_guide")
                         guide_high = Slider(0, 20, guide_high or guide_low, step=0.5,
-                                               label="Guidance scale (high-noise expert)", elem_id="gen_guide_high",
-                                               visible=guide_high is not None)
+                                            label="Guidance scale (high-noise expert)", elem_id="gen_guide_high",
+                                            visible=guide_high is not None)
                     with gr.Row():
                         seed = gr.Number(-1, precision=0, label="Seed", elem_id="gen_seed", info="-1: random")
                         step_cache = Slider(0, 0.5, studio.load.step_cache, step=0.01, elem_id="gen_step_cache",
-                                               label="Step cache threshold",
-                                               info="speed option, inexact: skip DiT blocks on steps that change "
-                                                    "little (0: off)")
+                                            label="Step cache threshold",
+                                            info="speed option, inexact: skip DiT blocks on steps that change "
+                                                 "little (0: off)")
                     n_prompt = gr.Textbox(label="Negative prompt", elem_id="gen_n_prompt",
                                           placeholder="empty: the model's default negative prompt")
                 with gr.Row():
@@ -318,15 +318,15 @@ def _edit_tab(studio):
                 with gr.Row():
                     scenes = studio.toy_edit_scenes()
                     scene = Dropdown(scenes, value=scenes[0], elem_id="edit_toy_scene", scale=3,
-                                        label="Toy scene (renders a source clip, its edited first frame and both "
-                                              "prompts)")
+                                     label="Toy scene (renders a source clip, its edited first frame and both "
+                                           "prompts)")
                     load_scene = gr.Button("Load toy scene", elem_id="edit_toy_load", scale=1)
                 source = gr.Video(label="Source video", sources=["upload"], elem_id="edit_source")
                 with gr.Row():
                     export = gr.Button("Export frame 0 (to edit it elsewhere)", elem_id="edit_export", size="sm")
                     frame0 = gr.File(label="Frame 0", elem_id="edit_frame0", interactive=False)
                 target_image = ImageFile(label="Edited first frame (empty: the source's own)", type="filepath",
-                                        elem_id="edit_image")
+                                         elem_id="edit_image")
                 source_prompt = gr.Textbox(label="Source prompt", lines=2, elem_id="edit_source_prompt",
                                            placeholder="What the source video shows")
                 target_prompt = gr.Textbox(label="Target prompt", lines=2, elem_id="edit_target_prompt",
@@ -339,14 +339,14 @@ def _edit_tab(studio):
                 with gr.Accordion("Inversion", open=True):
                     with gr.Row():
                         scheme = Dropdown(list(INVERSION_SCHEMES), value=inv.scheme, label="Inversion scheme",
-                                             elem_id="edit_scheme")
+                                          elem_id="edit_scheme")
                         inv_steps = Slider(1, 200, inv.steps, step=1, label="Inversion steps",
-                                              elem_id="edit_inv_steps")
+                                           elem_id="edit_inv_steps")
                     with gr.Row():
                         strength = Slider(0.05, 1, inv.strength, step=0.05, label="Inversion strength",
-                                             info="< 1 keeps more of the source", elem_id="edit_strength")
+                                          info="< 1 keeps more of the source", elem_id="edit_strength")
                         inv_guide = Slider(0, 20, inv.guide_scale, step=0.5, label="Inversion guidance",
-                                              elem_id="edit_inv_guide")
+                                           elem_id="edit_inv_guide")
                     reuse = gr.Checkbox(True, label="Reuse a cached inversion of this clip and these settings",
                                         elem_id="edit_reuse")
                 with gr.Accordion("Regeneration", open=True):
@@ -356,7 +356,7 @@ def _edit_tab(studio):
                     with gr.Row():
                         shift = Slider(0.5, 20, gen.shift, step=0.5, label="Shift", elem_id="edit_shift")
                         guide = Slider(0, 20, gen.guide_scale, step=0.5, label="Guidance scale",
-                                          elem_id="edit_guide")
+                                       elem_id="edit_guide")
                     n_prompt = gr.Textbox(label="Negative prompt", elem_id="edit_n_prompt",
                                           placeholder="empty: the model's default negative prompt")
                 with gr.Row():
@@ -418,21 +418,21 @@ def _continue_tab(studio):
             with gr.Column(scale=1):
                 with gr.Row():
                     toy_clip = Dropdown(studio.toy_clips(), value=studio.toy_clips()[0], elem_id="cont_toy_clip",
-                                           label="Toy clip (renders a 17-frame toy-world clip)", scale=3)
+                                        label="Toy clip (renders a 17-frame toy-world clip)", scale=3)
                     load_clip = gr.Button("Load toy clip", elem_id="cont_toy_load", scale=1)
                 clip = gr.Video(label="Clip", sources=["upload"], elem_id="cont_clip")
                 with gr.Row():
                     task = Dropdown(tasks, value=first, label="Task", elem_id="cont_task")
                     count = gr.Number(2, precision=0, label="Continuations", elem_id="cont_count")
                 captioner = Radio(captioners, value=CAPTIONER_PROCEDURAL if toy else captioners[-1],
-                                     label="Captioner (writes each continuation's prompt from the clip before it)",
-                                     elem_id="cont_captioner")
+                                  label="Captioner (writes each continuation's prompt from the clip before it)",
+                                  elem_id="cont_captioner")
                 prompt = gr.Textbox(label="Prompt prefix", elem_id="cont_prompt",
                                     placeholder="put before every caption; without a captioner, the whole prompt",
                                     value="" if toy else "continue video")
                 with gr.Row():
                     size = Dropdown(list(profile.sizes), value=profile.size, label="Max area (W*H)",
-                                       allow_custom_value=True, elem_id="cont_size")
+                                    allow_custom_value=True, elem_id="cont_size")
                     frames = gr.Number(profile.frame_num, precision=0, label="Frames", info="4n+1 per continuation",
                                        elem_id="cont_frames")
                 with gr.Accordion("Sampling", open=False):
@@ -441,11 +441,11 @@ def _continue_tab(studio):
                         solver = Dropdown(list(SOLVERS), value="unipc", label="Solver", elem_id="cont_solver")
                     with gr.Row():
                         shift = Slider(0.5, 20, official["sampling"]["shift"], step=0.5, label="Shift",
-                                          elem_id="cont_shift")
+                                       elem_id="cont_shift")
                         guide = Slider(0, 20, guide_low, step=0.5, label="Guidance scale", elem_id="cont_guide")
                         guide_high = Slider(0, 20, guide_high or guide_low, step=0.5,
-                                               label="Guidance scale (high-noise expert)", elem_id="cont_guide_high",
-                                               visible=guide_high is not None)
+                                            label="Guidance scale (high-noise expert)", elem_id="cont_guide_high",
+                                            visible=guide_high is not None)
                     seed = gr.Number(-1, precision=0, label="Seed", info="video i uses seed + i - 1; -1: random",
                                      elem_id="cont_seed")
                     n_prompt = gr.Textbox(label="Negative prompt", elem_id="cont_n_prompt",
@@ -514,7 +514,7 @@ def _qwen_tab(studio):
             with gr.Column(scale=1):
                 clip = gr.Video(label="Clip", sources=["upload"], elem_id="qwen_clip")
                 init = ImageFile(label="Init frame: the style (empty: the clip's first frame)", type="filepath",
-                                elem_id="qwen_init")
+                                 elem_id="qwen_init")
                 prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=4, elem_id="qwen_prompt")
                 negative = gr.Textbox(job.negative_prompt, label="Negative prompt", elem_id="qwen_negative")
                 with gr.Row():
@@ -530,9 +530,9 @@ def _qwen_tab(studio):
                     with gr.Row():
                         edge = Slider(0, 5, guidance.edge_scale, step=0.05, label="Edge", elem_id="qwen_edge")
                         gram = Slider(0, 5, guidance.gram_scale, step=0.05, label="Gram (style)",
-                                         elem_id="qwen_gram")
+                                      elem_id="qwen_gram")
                         temporal = Slider(0, 5, guidance.temporal_scale, step=0.05, label="Temporal",
-                                             elem_id="qwen_temporal")
+                                          elem_id="qwen_temporal")
                     with gr.Row():
                         lr = Slider(0, 0.2, guidance.lr, step=0.005, label="Step size", elem_id="qwen_lr")
                         last_steps = gr.Number(guidance.last_steps, precision=0, label="Guide in the last K steps",

@@ -28,7 +28,7 @@ EDIT_TASK = "ti2v-5B"  # inversion editing runs on TI2V-5B only
 @dataclass(frozen=True)
 class Checkpoint:
     path: str
-    kind: str  # "model" (given), "toyworld" or "tiny" (random weights, built here)
+    kind: str  # "model", "toyworld" or "tiny" (narrower than the official networks: a test checkpoint)
     tasks: tuple  # the registry's tasks this checkpoint runs, in registry order
     note: str  # what the page says about the model
 
