@@ -29,6 +29,7 @@ from browser import browser, outside_requests, page, record_requests  # noqa: F4
 from conftest import DATA, run_script
 from wan.cli import read_config, run_cli
 from wan.modules.prompt_extend import PromptExtender
+from wan.settings import LoadOptions
 from wan.tools.tiny_prompt_extend import write_tiny_prompt_extender
 from wan.tools.tiny_qwen_edit import make_tiny_qwen_edit
 from wan.ui import __main__ as ui_main
@@ -37,8 +38,8 @@ from wan.ui.app import launch
 from wan.ui.studio import CAPTIONER_NONE, CAPTIONER_PROCEDURAL, CAPTIONER_VLM, RunCancelled, Studio
 from wan.utils.video_io import probe_video, read_video
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
-                                        "ignore:.*Pandas4Warning.*")
+# Gradio's queue still uses pandas options that pandas 3 deprecates (Pandas4Warning); nothing of ours.
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
 KITTEN = os.path.join(DATA, "kitten-turning-head", "source.mp4")
 KITTEN_FRAME = os.path.join(DATA, "kitten-turning-head", "edited_first_frame.png")
@@ -89,10 +90,8 @@ def models(tiny_checkpoint, tiny_vlm, tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(models, tmp_path_factory):
     """(studio, url, outside hosts): the UI on a free loopback port, uploads in a tmp folder."""
-    os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio-uploads"))
-    with outside_connections() as outside:
-        from wan.settings import LoadOptions
-
+    with pytest.MonkeyPatch.context() as patch, outside_connections() as outside:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-uploads")))
         studio = Studio(checkpoints.resolve_checkpoint(models["ckpt"]), str(tmp_path_factory.mktemp("ui-out")),
                         LoadOptions(offload_model=False, vlm_path=models["vlm"]), models["extender"],
                         models["qwen"]).start()

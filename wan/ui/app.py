@@ -25,6 +25,7 @@ from ..cli import describe  # noqa: E402
 from ..errors import WanError  # noqa: E402
 from ..settings import INVERSION_SCHEMES, SOLVERS, size as parse_size  # noqa: E402
 from ..tasks import defaults, get_task  # noqa: E402
+from .checkpoints import EDIT_TASK  # noqa: E402
 from .studio import CAPTIONER_PROCEDURAL, RunCancelled  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ def _example_prompts(studio):
 
 # ---------------------------------------------------------------------------- Edit
 def _edit_tab(studio):
-    settings_now = studio.checkpoint.profile("ti2v-5B").edit
+    settings_now = studio.checkpoint.profile(EDIT_TASK).edit
     gen, inv = settings_now.sampling, settings_now.inversion
     with gr.Tab("Edit", id="edit"):
         with gr.Row():
