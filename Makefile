@@ -1,5 +1,6 @@
 # make demo: set up the environment, build a tiny checkpoint, run real jobs on a bundled clip.
 # make test: the test suite (CPU, tiny models, offline).
+# make ui: the web UI on 127.0.0.1.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,13 +18,13 @@ else
 PIP_CONSTRAINTS := -c constraints-cpu.txt
 endif
 
-.PHONY: demo test venv clean browser-deps
+.PHONY: demo test venv clean browser-deps ui
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt constraints-cpu.txt
+$(STAMP): requirements.txt requirements-ui.txt constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt $(PIP_CONSTRAINTS)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-ui.txt $(PIP_CONSTRAINTS)
 	touch $(STAMP)
 
 DEMO := demo_out
@@ -55,6 +56,11 @@ browser-deps:
 
 test: $(STAMP) browser-deps
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --durations=10
+
+# make ui: the web UI (docs/UI.md) on 127.0.0.1:7860; UI_ARGS="--ckpt_dir DIR --port 7861" for more.
+UI_ARGS ?=
+ui: $(STAMP)
+	$(PY) -m wan.ui $(UI_ARGS)
 
 clean:
 	rm -rf demo_out
