@@ -165,6 +165,17 @@ class Runner:
         return self.denoise(generation, checkpointing)
 
     @torch.no_grad()
+    def write_edit(self, latent, output, fps, source_frames=None, target=None):
+        """Decode and write an edit; with the source frames and the edited first frame also
+        OUTPUT_comparison.mp4 and the first frames as PNGs."""
+        edited = self.models.decode(latent)
+        save_video(edited[None], save_file=output, fps=fps, nrow=1)
+        if source_frames is not None:
+            write_comparison(output, source_frames, target.to(torch.uint8), edited, fps)
+        log.info("wrote %s (%d frames, %dx%d, %.3g fps)", output, edited.shape[1], edited.shape[3], edited.shape[2],
+                 fps)
+
+    @torch.no_grad()
     def write_video(self, latent, path, fps):
         """Decode and write, each chunk encoded to mp4 while the VAE decodes the next one."""
         log.info("decoding and writing %s", path)
@@ -273,15 +284,10 @@ def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, s
     if not models.layout.writes_outputs:
         return None
     output = request.output or record["output"]
-    edited = models.decode(latent)
-    fps = settings.fps or source_fps
-    save_video(edited[None], save_file=output, fps=fps, nrow=1)
-    if comparison:
-        if source is None:  # a decode stage in its own process reads the clip again
-            source = load_source(models.config, record["video"], record["frame_num"], record["max_area"])
-        write_comparison(output, source.frames, target.to(torch.uint8), edited, fps)
+    if comparison and source is None:  # a decode stage in its own process reads the clip again
+        source = load_source(models.config, record["video"], record["frame_num"], record["max_area"])
+    runner.write_edit(latent, output, settings.fps or source_fps, source.frames if comparison else None, target)
     write_settings(output, resolved)
-    log.info("wrote %s (%d frames, %dx%d, %.3g fps)", output, edited.shape[1], edited.shape[3], edited.shape[2], fps)
     return output
 
 

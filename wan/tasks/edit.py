@@ -82,6 +82,13 @@ def fit_source(config, frames, fps, max_area, name, sha256=None):
     return Source(name, sha256, fps, frames.shape[0], (width, height), resize_center_crop(frames, width, height))
 
 
+def target_frame(request, source):
+    """The edited first frame as uint8 [1, H, W, 3] on the source's grid; the source's own without one."""
+    if request.target_image is None:
+        return source.frames[:1]
+    return fit_image(load_image(request.target_image), source.size)
+
+
 def prepare_inversion(models, source, source_prompt, settings):
     """The source latent integrated up to noise with the source prompt, its first frame held fixed."""
     latent = models.encode_frames(source.frames)
@@ -109,7 +116,7 @@ def prepare_edit(models, request, settings, invert=True):
     its result (edited first frame, target prompt), for `request` under `settings` (EditSettings).
     invert=False leaves the inversion out (a saved one will be used): the source is not encoded."""
     source = load_source(models.config, request.video, settings.frame_num, settings.max_area)
-    target = None if request.target_image is None else fit_image(load_image(request.target_image), source.size)
+    target = None if request.target_image is None else target_frame(request, source)
     return prepare_edit_of(models, source, target, request.source_prompt, request.target_prompt, settings,
                            request.to_dict(), invert)
 

@@ -43,11 +43,10 @@ from ..tasks import check_inputs, get_task, unsupported_size_warning
 from ..tasks.common import check_on_grid, tokens
 from ..tasks.continuation import finished_videos
 from ..tasks.edit import (EditRequest, inversion_result, load_source, prepare_inversion, prepare_regeneration,
-                          target_frame, write_comparison)
+                          target_frame)
 from ..toyworld import make_continuation_cases, make_edit_cases, procedural_caption
 from ..toyworld.world import HEIGHT as TOY_HEIGHT
 from ..toyworld.world import WIDTH as TOY_WIDTH
-from ..utils.utils import save_video
 from ..utils.video_io import load_image, probe_video, read_video, resize_center_crop, write_video
 from .checkpoints import EDIT_TASK
 from .runs import RunFolder
@@ -359,10 +358,8 @@ class Studio:
                     job.latent = inversion.latent.to(models.device)
                     latent = Runner(models).denoise(job)
                 with timer.stage("decode and write"):
-                    edited = models.decode(latent)
-                    fps = settings.fps or source.fps
-                    save_video(edited[None], save_file=request.output, fps=fps, nrow=1)
-                    write_comparison(request.output, source.frames, target, edited, fps)
+                    Runner(models).write_edit(latent, request.output, settings.fps or source.fps, source.frames,
+                                              target)
             config = {"ckpt_dir": self.checkpoint.path, **{k: v for k, v in request.to_dict().items()
                                                            if k != "output" and v is not None},
                       **_without_none(settings.replace(frame_num=source.frame_num).to_dict()), "comparison": True,
