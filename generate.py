@@ -11,7 +11,7 @@ import os
 from datetime import datetime
 
 from wan import distributed, runner, tasks
-from wan.cli import (STAGE_DEFAULTS, build_parser, check_stage, given_values, load_options, merge, option, parse,
+from wan.cli import (STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage, given_values, load_options, merge, option, parse,
                      resolved_settings, run_cli, setup_logging, stage_options)
 from wan.configs import WAN_CONFIGS
 from wan.models import Models
@@ -53,6 +53,9 @@ OPTIONS = [
     option("--sample_steps", "sampling.steps", type=int, help="sampling steps (default per task)"),
     option("--sample_shift", "sampling.shift", type=float, help="noise schedule shift (default per task)"),
     option("--sample_guide_scale", "sampling.guide_scale", type=float, help="classifier-free guidance scale"),
+    option("--exact_timesteps", "sampling.exact_timesteps", action="store_true",
+           help="model timesteps 1000*sigma as floats, as step-distilled LoRAs were trained (configs/lightning_*.yaml); "
+                "default: the official truncated integers"),
     option("--video", "video", help="v2v: the video to continue (its last frame starts the output)"),
     option("--vlm_path", "load.vlm_path", help="v2v: captioner checkpoint folder (InternVL3.5 -HF, Qwen2.5-VL, "
                                                "Qwen3-VL)"),
@@ -80,10 +83,7 @@ def parse_args(argv=None):
 def check(settings):
     """Settings objects from the merged tree, checked before any model loads."""
     check_stage(settings)
-    if not settings["ckpt_dir"]:
-        raise SettingsError("ckpt_dir", "is required")
-    if not os.path.isdir(settings["ckpt_dir"]):
-        raise SettingsError("ckpt_dir", f"checkpoint directory not found: {settings['ckpt_dir']}")
+    check_checkpoint(settings)
     load = LoadOptions.from_dict(settings["load"], "load")
     if load.ulysses_size > 1 and WAN_CONFIGS[settings["task"]].num_heads % load.ulysses_size:
         raise SettingsError("load.ulysses_size", f"{load.ulysses_size} must divide the "

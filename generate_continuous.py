@@ -8,10 +8,9 @@ Writes video_01_seed<S>.mp4 ... , prompts_log.txt (file, seed and prompt of ever
 stitched_video.mp4 (the whole chain, each boundary frame once). A rerun keeps the finished videos
 and continues after the last one."""
 import logging
-import os
 
 from wan import runner, tasks
-from wan.cli import build_parser, load_options, merge, option, parse, resolved_settings, run_cli, setup_logging
+from wan.cli import build_parser, check_checkpoint, load_options, merge, option, parse, resolved_settings, run_cli, setup_logging
 from wan.models import Models
 from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError, integer
 from wan.tasks.continuation import DEFAULT_CONTINUATION_PROMPT
@@ -32,6 +31,9 @@ OPTIONS = [
     option("--sample_steps", "sampling.steps", type=int, help="sampling steps (default per task)"),
     option("--sample_shift", "sampling.shift", type=float, help="noise schedule shift (default per task)"),
     option("--sample_guide_scale", "sampling.guide_scale", type=float, help="classifier-free guidance scale"),
+    option("--exact_timesteps", "sampling.exact_timesteps", action="store_true",
+           help="model timesteps 1000*sigma as floats, as step-distilled LoRAs were trained (configs/lightning_*.yaml); "
+                "default: the official truncated integers"),
     option("--base_seed", "seed", type=int, help="video i (from 1) uses base_seed + i - 1 (default 42)"),
     option("--custom_prompt", "prompt", help=f"text put before every caption (default {DEFAULT_CONTINUATION_PROMPT!r})"),
     option("--n_prompt", "n_prompt", help="negative prompt (default: the official one)"),
@@ -52,11 +54,9 @@ def defaults(given):
 
 def check(settings):
     integer("num_videos", settings["num_videos"], low=1)
-    for name in ("video", "ckpt_dir"):
-        if not settings.get(name):
-            raise SettingsError(name, "is required")
-    if not os.path.isdir(settings["ckpt_dir"]):
-        raise SettingsError("ckpt_dir", f"checkpoint directory not found: {settings['ckpt_dir']}")
+    if not settings.get("video"):
+        raise SettingsError("video", "is required")
+    check_checkpoint(settings)
     if not settings["load"].get("vlm_path"):
         raise SettingsError("load.vlm_path", "is required: the captioner writes every video's prompt")
     probe_video(settings["video"])  # a missing or unreadable video fails before any model loads

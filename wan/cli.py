@@ -235,7 +235,29 @@ def load_options():
         option("--cfg_parallel", "load.cfg_parallel", action="store_true",
                help="prompt and negative-prompt passes on two halves of the GPUs (torchrun; 2 x --ulysses_size "
                     "processes)"),
+        option("--dit", "load.dit", help="a single-file DiT (ComfyUI safetensors, fp8-scaled, GGUF...) replacing the "
+                                         "checkpoint's"),
+        option("--dit_high", "load.dit_high", help="A14B: the high-noise expert as a single file"),
+        option("--dit_low", "load.dit_low", help="A14B: the low-noise expert as a single file"),
+        option("--vae", "load.vae", help="a VAE file (official .pth, ComfyUI safetensors)"),
+        option("--t5", "load.t5", help="a umT5 text-encoder file (official, Hugging Face or GGUF names)"),
+        option("--clip", "load.clip", help="Wan2.1 i2v/flf2v: the CLIP image-encoder file or folder"),
+        option("--tokenizer", "load.tokenizer", help="the umT5 tokenizer folder (when the checkpoint has none)"),
+        option("--lora", "load.lora", action="append", metavar="FILE[:STRENGTH]",
+               help="a LoRA for every DiT (repeatable); merged exactly, or applied at run time on quantised weights"),
+        option("--lora_high", "load.lora_high", action="append", metavar="FILE[:STRENGTH]",
+               help="a LoRA for the A14B high-noise expert (repeatable)"),
+        option("--lora_low", "load.lora_low", action="append", metavar="FILE[:STRENGTH]",
+               help="a LoRA for the A14B low-noise expert (repeatable)"),
     ]
+
+
+def check_checkpoint(settings):
+    """A checkpoint (folder or Hugging Face id), or at least the DiT as single files."""
+    load = settings["load"]
+    if not settings.get("ckpt_dir") and not (load.get("dit") or load.get("dit_high")):
+        raise SettingsError("ckpt_dir", "is required (a checkpoint folder or a Hugging Face id in the local cache), "
+                                        "or give the parts as single files (dit, vae, t5)")
 
 
 def stage_options():

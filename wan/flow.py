@@ -180,9 +180,10 @@ class Schedule:
         return len(self) - 1
 
 
-def make_schedule(solver, steps, shift, num_train_timesteps=1000):
+def make_schedule(solver, steps, shift, num_train_timesteps=1000, exact_timesteps=False):
     """The generation grid (noise to data) of an official solver: sigmas shifted in float64 and stored
-    as float32 with a final 0; model timesteps int64(sigma * T), i.e. truncated, then t = 0 at sigma 0.
+    as float32 with a final 0; model timesteps int64(sigma * T), i.e. truncated (or, with
+    exact_timesteps, sigma * T as floats), then t = 0 at sigma 0.
 
     UniPC starts at sigma_max = 1 - 1/T like the official scheduler; DPM++ and Euler start at 1.0."""
     choice("solver", solver, SOLVERS)
@@ -191,15 +192,22 @@ def make_schedule(solver, steps, shift, num_train_timesteps=1000):
     else:
         base = np.linspace(1, 0, steps + 1)[:steps]
     sigmas = shift_sigmas(base, shift)
-    timesteps = torch.from_numpy(sigmas * num_train_timesteps).to(torch.int64).float()
+    timesteps = torch.from_numpy(sigmas * num_train_timesteps)
+    timesteps = timesteps.float() if exact_timesteps else timesteps.to(torch.int64).float()
     return Schedule(torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32)),
                     torch.cat([timesteps, torch.zeros(1)]), solver)
 
 
-def inversion_schedule(steps, shift, strength=1.0, num_train_timesteps=1000):
+def sampling_schedule(sampling, num_train_timesteps=1000):
+    """The schedule of a wan.settings.Sampling."""
+    return make_schedule(sampling.solver, sampling.steps, sampling.shift, num_train_timesteps,
+                         sampling.exact_timesteps)
+
+
+def inversion_schedule(steps, shift, strength=1.0, num_train_timesteps=1000, exact_timesteps=False):
     """The Euler grid an inversion walks up: all of it, or its low-noise fraction `strength`.
     Generation from the result starts at the returned grid's first (highest) sigma."""
-    grid = make_schedule("euler", steps, shift, num_train_timesteps)
+    grid = make_schedule("euler", steps, shift, num_train_timesteps, exact_timesteps)
     return grid.tail(max(1, round(strength * steps)))
 
 

@@ -53,6 +53,7 @@ class InversionJob:
     inversion: InversionSettings
     shift: float
     seq_len: int
+    exact_timesteps: bool = False  # as the generation that follows (wan.settings.Sampling)
 
 
 @dataclass
@@ -139,7 +140,7 @@ def _job_parts(job, prefix):
     if isinstance(job, Job):
         header.update(sampling=job.sampling.to_dict(), start=job.start, record=job.record)
     else:
-        header.update(inversion=job.inversion.to_dict(), shift=job.shift)
+        header.update(inversion=job.inversion.to_dict(), shift=job.shift, exact_timesteps=job.exact_timesteps)
     return tensors, header
 
 
@@ -152,7 +153,7 @@ def _job_from(tensors, header, prefix, patch_size):
         return Job(sampling=Sampling.from_dict(header["sampling"], "sampling"), start=header["start"],
                    record=header["record"], **common)
     return InversionJob(inversion=InversionSettings.from_dict(header["inversion"], "inversion"),
-                        shift=header["shift"], **common)
+                        shift=header["shift"], exact_timesteps=header.get("exact_timesteps", False), **common)
 
 
 def to_tensors(kind, value):

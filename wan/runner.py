@@ -107,7 +107,7 @@ class Runner:
         """Sample `job` from its latent; the final latent (fp32). With checkpointing, resumes from
         its file and keeps it up to date (returns None when stopped on request)."""
         s = job.sampling
-        schedule = flow.make_schedule(s.solver, s.steps, s.shift, self.models.num_train_timesteps)
+        schedule = flow.sampling_schedule(s, self.models.num_train_timesteps)
         start, latent, history, callback = job.start, job.latent, None, None
         if checkpointing is not None:
             step, saved, history = checkpointing.resume("generating", self.models.device)
@@ -125,7 +125,8 @@ class Runner:
     def invert(self, job, checkpointing=None):
         """Integrate the clean latent of `job` up its schedule: the latent at the schedule's top."""
         inv = job.inversion
-        schedule = flow.inversion_schedule(inv.steps, job.shift, inv.strength, self.models.num_train_timesteps)
+        schedule = flow.inversion_schedule(inv.steps, job.shift, inv.strength, self.models.num_train_timesteps,
+                                           job.exact_timesteps)
         start, latent, callback = 0, job.latent, None
         if checkpointing is not None:
             step, saved, _ = checkpointing.resume("inverting", self.models.device)

@@ -96,7 +96,7 @@ def prepare_inversion(models, source, source_prompt, settings):
     context, context_null = encode_prompts(models, source_prompt, settings.n_prompt, inv.guide_scale)
     condition = flow.FirstFrameCondition(latent[:, :1].clone(), models.config.patch_size)
     return InversionJob(latent, context, context_null, condition, inv, settings.sampling.shift,
-                        tokens(models, latent.shape))
+                        tokens(models, latent.shape), settings.sampling.exact_timesteps)
 
 
 def prepare_regeneration(models, first_frame, target_prompt, settings, seq_len, record=None):
@@ -105,8 +105,7 @@ def prepare_regeneration(models, first_frame, target_prompt, settings, seq_len, 
     gen = settings.sampling
     context, context_null = encode_prompts(models, target_prompt, settings.n_prompt, gen.guide_scale)
     sigma = inversion_top(settings.inversion, gen.shift, models.num_train_timesteps)
-    start = flow.make_schedule(gen.solver, gen.steps, gen.shift, models.num_train_timesteps) \
-        .first_index_at_or_below(sigma)
+    start = flow.sampling_schedule(gen, models.num_train_timesteps).first_index_at_or_below(sigma)
     return Job(None, context, context_null, flow.FirstFrameCondition(first_frame, models.config.patch_size), gen,
                seq_len, start, record or {})
 
