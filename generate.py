@@ -15,6 +15,7 @@ from wan.cli import (STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage
                      resolved_settings, run_cli, setup_logging, stage_options)
 from wan.configs import WAN_CONFIGS
 from wan.models import Models
+from wan.modules.vlm import DEFAULT_CAPTIONER
 from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError
 from wan.tasks.prompt_extension import extend_prompt
 from wan.utils.fileio import write_json_atomic
@@ -57,8 +58,9 @@ OPTIONS = [
            help="model timesteps 1000*sigma as floats, as step-distilled LoRAs were trained (configs/lightning_*.yaml); "
                 "default: the official truncated integers"),
     option("--video", "video", help="v2v: the video to continue (its last frame starts the output)"),
-    option("--vlm_path", "load.vlm_path", help="v2v: captioner checkpoint folder (InternVL3.5 -HF, Qwen2.5-VL, "
-                                               "Qwen3-VL)"),
+    option("--vlm_path", "load.vlm_path",
+           help=f"v2v: the captioner, a folder (InternVL3.5 -HF, Qwen2.5-VL, Qwen3-VL) or a repo id in the local "
+                f"Hugging Face cache (default {DEFAULT_CAPTIONER})"),
     option("--vlm_device", "load.vlm_device", help="v2v: device of the captioner (default: --device)"),
     option("--fps", "fps", type=float, help="frames per second of the mp4 (default per task)"),
     *load_options(),
@@ -105,9 +107,8 @@ def check(settings):
         if not generation.prompt and not generation.video:
             example = EXAMPLE_PROMPT["t2v" if not (generation.image or generation.first_frame) else "i2v"]
             generation = generation.replace(prompt=example)
-        if generation.video and not generation.prompt and not load.vlm_path:
-            raise SettingsError("load.vlm_path", f"is required for {generation.task} without a prompt (the "
-                                                 "captioner writes the prompt)")
+        if generation.video and not load.vlm_path:  # the seed's captioner, from the local Hugging Face cache
+            load = load.replace(vlm_path=DEFAULT_CAPTIONER)
     return generation, load
 
 

@@ -12,8 +12,10 @@ import logging
 from wan import runner, tasks
 from wan.cli import build_parser, check_checkpoint, load_options, merge, option, parse, resolved_settings, run_cli, setup_logging
 from wan.models import Models
+from wan.modules.vlm import DEFAULT_CAPTIONER
 from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError, integer
 from wan.tasks.continuation import DEFAULT_CONTINUATION_PROMPT
+from wan.utils.hub import local_folder
 from wan.utils.video_io import probe_video
 
 log = logging.getLogger("generate_continuous")
@@ -37,13 +39,15 @@ OPTIONS = [
     option("--base_seed", "seed", type=int, help="video i (from 1) uses base_seed + i - 1 (default 42)"),
     option("--custom_prompt", "prompt", help=f"text put before every caption (default {DEFAULT_CONTINUATION_PROMPT!r})"),
     option("--n_prompt", "n_prompt", help="negative prompt (default: the official one)"),
-    option("--vlm_path", "load.vlm_path", help="captioner checkpoint folder (InternVL3.5 -HF, Qwen2.5-VL, Qwen3-VL)"),
+    option("--vlm_path", "load.vlm_path",
+           help=f"captioner: a folder (InternVL3.5 -HF, Qwen2.5-VL, Qwen3-VL) or a repo id in the local Hugging Face "
+                f"cache (default {DEFAULT_CAPTIONER})"),
     option("--vlm_device", "load.vlm_device", help="device of the captioner (default: --device)"),
     *load_options(),
 ]
 DEFAULTS = {"task": "v2v-14B", "num_videos": 12, "output_dir": "./continuous_outputs", "ckpt_dir": None,
             "frame_num": 81, "seed": 42, "prompt": DEFAULT_CONTINUATION_PROMPT, "n_prompt": "",
-            "load": {"offload_model": True}}
+            "load": {"offload_model": True, "vlm_path": DEFAULT_CAPTIONER}}
 GENERATION_FIELDS = ("task", "prompt", "n_prompt", "video", "size", "frame_num", "seed", "fps", "sampling")
 
 
@@ -57,8 +61,7 @@ def check(settings):
     if not settings.get("video"):
         raise SettingsError("video", "is required")
     check_checkpoint(settings)
-    if not settings["load"].get("vlm_path"):
-        raise SettingsError("load.vlm_path", "is required: the captioner writes every video's prompt")
+    local_folder(settings["load"]["vlm_path"], "captioner")  # before anything loads
     probe_video(settings["video"])  # a missing or unreadable video fails before any model loads
     return Generation.from_dict({name: settings.get(name) for name in GENERATION_FIELDS}), \
         LoadOptions.from_dict(settings["load"], "load")
