@@ -96,7 +96,7 @@ def check(settings):
     if settings["stage"] in ("all", "encode"):
         tasks.check_inputs(generation)
         tasks.common.check_on_grid(WAN_CONFIGS[generation.task], generation.size)
-        warning = tasks.unsupported_size_warning(generation)
+        warning = tasks.unsupported_size_warning(generation, settings["ckpt_dir"])
         if warning:
             log.warning("%s; quality may suffer", warning)
         for name in ("image", "first_frame", "last_frame"):

@@ -6,6 +6,8 @@ and from running).
     job = prepare(models, Generation.from_dict({**defaults("ti2v-5B"), "prompt": "A red fox"}))
     video = Runner(models).generate(job)          # wan.runner
 """
+import json
+import os
 from dataclasses import dataclass
 
 from ..configs import SUPPORTED_SIZES, WAN_CONFIGS
@@ -84,10 +86,21 @@ def check_inputs(generation):
             raise SettingsError(name, f"is not used by {task.name}{note}")
 
 
-def unsupported_size_warning(generation):
-    """A size off the ones the task was trained at works, at some cost in quality: the warning text."""
+def trained_sizes(ckpt_dir):
+    """The sizes a checkpoint declares it was trained at (our own exports record them in
+    provenance.json, e.g. the toy-world model's 256*256); None for the official checkpoints."""
+    path = os.path.join(ckpt_dir or "", "provenance.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("trained_sizes")
+
+
+def unsupported_size_warning(generation, ckpt_dir=None):
+    """A size off the ones the checkpoint was trained at works, at some cost in quality: the warning
+    text, or None."""
     text = f"{generation.size[0]}*{generation.size[1]}"
-    supported = SUPPORTED_SIZES[generation.task]
+    supported = trained_sizes(ckpt_dir) or SUPPORTED_SIZES[generation.task]
     if text not in supported:
         return f"size {text} is outside the sizes {generation.task} was trained at ({', '.join(supported)})"
     return None

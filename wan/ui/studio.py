@@ -302,7 +302,8 @@ class Studio:
             notes = [f"Generated {width}x{height}, {frames} frames ({frames / fps:.2f} s at {fps:g} fps) in "
                      f"{run.timer.records['generate'].seconds:.1f} s with seed {generation.seed}."]
             notes += _step_cache_notes(models.step_caches)
-            warning = unsupported_size_warning(generation) if self.checkpoint.kind == "model" else None
+            warning = unsupported_size_warning(generation, self.checkpoint.path) if self.checkpoint.kind == "model" \
+                else None
             notes += [f"Note: {warning}; quality may suffer."] if warning else []
             inputs = [(getattr(generation, name), name.replace("_", " ")) for name in images]
             report = run.report(f"Wan UI: generate ({task})", [(output, "generated")], inputs,
