@@ -15,6 +15,8 @@ from wan.cli import (STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage
                      resolved_settings, run_cli, setup_logging, stage_options)
 from wan.configs import WAN_CONFIGS
 from wan.models import Models
+from wan.report import StageTimer, check_report_path
+from wan.report.runs import default_report_path, write_run_report
 from wan.modules.vlm import DEFAULT_CAPTIONER
 from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError
 from wan.tasks.prompt_extension import extend_prompt
@@ -63,12 +65,15 @@ OPTIONS = [
                 f"Hugging Face cache (default {DEFAULT_CAPTIONER})"),
     option("--vlm_device", "load.vlm_device", help="v2v: device of the captioner (default: --device)"),
     option("--fps", "fps", type=float, help="frames per second of the mp4 (default per task)"),
+    option("--report", "report", resolved=False, nargs="?", const="", metavar="PATH",
+           help="write a self-contained HTML report of the run (default PATH: SAVE_FILE.report.html): the video, "
+                "its first frame, the settings and checkpoint fingerprint, per-stage timings and peak memory"),
     *load_options(),
     *stage_options(),
 ]
 DEFAULTS = {"task": "t2v-A14B", "ckpt_dir": None, "save_file": None, "prompt": "", "n_prompt": "", "seed": -1,
             "use_prompt_extend": False, "prompt_extend_method": "local_qwen", "prompt_extend_model": None,
-            "prompt_extend_target_lang": "zh", "load": {"offload_model": True}, **STAGE_DEFAULTS}
+            "prompt_extend_target_lang": "zh", "report": None, "load": {"offload_model": True}, **STAGE_DEFAULTS}
 GENERATION_FIELDS = ("task", "prompt", "n_prompt", "image", "video", "first_frame", "last_frame", "size", "frame_num",
                      "seed", "fps", "sampling")
 
@@ -142,15 +147,25 @@ def main(argv=None):
     log.info("task %s, size %dx%d, %d frames, %d %s steps, shift %s, guide %s", generation.task, *generation.size,
              generation.frame_num, generation.sampling.steps, generation.sampling.solver, generation.sampling.shift,
              generation.sampling.guide_scale)
-    models = Models.load(task.config, settings["ckpt_dir"], load, parts=task.parts(stage))
     output = settings["save_file"] or default_save_file(generation)
+    report = None if settings["report"] is None else check_report_path(default_report_path(output, settings["report"]))
+    timer = StageTimer(load.device)
+    with timer.stage("load"):
+        models = Models.load(task.config, settings["ckpt_dir"], load, parts=task.parts(stage))
     final = {**settings, **generation.to_dict(), "load": load.to_dict()}
+    resolved = resolved_settings(final, OPTIONS)
     written = runner.generate(models, generation, output, stage, settings["stage_dir"], settings["save_every"],
-                              settings["stop_after_steps"], requested=given_values(parsed.given, final,
-                                                                                   GENERATION_FIELDS),
-                              resolved=resolved_settings(final, OPTIONS))
+                              settings["stop_after_steps"], given_values(parsed.given, final, GENERATION_FIELDS),
+                              resolved, timer)
     if written and notes:
         write_json_atomic(f"{os.path.splitext(written)[0]}.prompt.json", notes)
+    if written and report:
+        inputs = [(getattr(generation, name), name.replace("_", " ")) for name in ("image", "first_frame", "last_frame")
+                  if getattr(generation, name)]
+        write_run_report(report, f"generate.py: {generation.task}" + ("" if stage == "all" else f" ({stage} stage)"),
+                         [(written, "generated")], {**resolved, "checkpoint fingerprint": models.fingerprint}, timer,
+                         prompts={"prompt": generation.prompt, **(notes or {})}, images=inputs)
+        log.info("report: %s", report)
     if written:
         log.info("saved %s", written)
     return written

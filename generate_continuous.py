@@ -8,13 +8,18 @@ Writes video_01_seed<S>.mp4 ... , prompts_log.txt (file, seed and prompt of ever
 stitched_video.mp4 (the whole chain, each boundary frame once). A rerun keeps the finished videos
 and continues after the last one."""
 import logging
+import os
 
 from wan import runner, tasks
-from wan.cli import build_parser, check_checkpoint, load_options, merge, option, parse, resolved_settings, run_cli, setup_logging
+from wan.cli import (build_parser, check_checkpoint, load_options, merge, option, parse, resolved_settings, run_cli,
+                     setup_logging)
 from wan.models import Models
 from wan.modules.vlm import DEFAULT_CAPTIONER
+from wan.report import StageTimer, check_report_path
+from wan.report.runs import write_run_report
 from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError, integer
-from wan.tasks.continuation import DEFAULT_CONTINUATION_PROMPT
+from wan.tasks.continuation import DEFAULT_CONTINUATION_PROMPT, PROMPTS_LOG, read_prompts_log
+from wan.utils.checkpoint import checkpoint_fingerprint
 from wan.utils.hub import local_folder
 from wan.utils.video_io import probe_video
 
@@ -43,10 +48,13 @@ OPTIONS = [
            help=f"captioner: a folder (InternVL3.5 -HF, Qwen2.5-VL, Qwen3-VL) or a repo id in the local Hugging Face "
                 f"cache (default {DEFAULT_CAPTIONER})"),
     option("--vlm_device", "load.vlm_device", help="device of the captioner (default: --device)"),
+    option("--report", "report", resolved=False, nargs="?", const="", metavar="PATH",
+           help="write a self-contained HTML report (default PATH: OUTPUT_DIR/report.html): every video with its "
+                "prompt and seed, the stitched video, settings, per-stage timings and peak memory"),
     *load_options(),
 ]
 DEFAULTS = {"task": "v2v-14B", "num_videos": 12, "output_dir": "./continuous_outputs", "ckpt_dir": None,
-            "frame_num": 81, "seed": 42, "prompt": DEFAULT_CONTINUATION_PROMPT, "n_prompt": "",
+            "frame_num": 81, "seed": 42, "prompt": DEFAULT_CONTINUATION_PROMPT, "n_prompt": "", "report": None,
             "load": {"offload_model": True, "vlm_path": DEFAULT_CAPTIONER}}
 GENERATION_FIELDS = ("task", "prompt", "n_prompt", "video", "size", "frame_num", "seed", "fps", "sampling")
 
@@ -73,11 +81,23 @@ def main(argv=None):
     settings = parsed.settings
     generation, load = check(settings)
     task = tasks.get_task(generation.task)
+    report = None
+    if settings["report"] is not None:  # the default is in the output folder, which the chain makes
+        report = check_report_path(settings["report"]) if settings["report"] else \
+            os.path.join(settings["output_dir"], "report.html")
     final = {**settings, **generation.to_dict(), "load": load.to_dict()}
+    resolved, timer = resolved_settings(final, OPTIONS), StageTimer(load.device)
     paths, stitched = runner.run_chain(lambda: Models.load(task.config, settings["ckpt_dir"], load, task.parts()),
-                                       generation, settings["output_dir"], settings["num_videos"],
-                                       resolved_settings(final, OPTIONS))
+                                       generation, settings["output_dir"], settings["num_videos"], resolved, timer)
     log.info("chain of %d videos in %s; stitched: %s", len(paths), settings["output_dir"], stitched)
+    if report:
+        log_entries = read_prompts_log(os.path.join(settings["output_dir"], PROMPTS_LOG))
+        rows = [{"video": name, "seed": seed, "prompt": prompt} for _, (name, seed, prompt) in sorted(log_entries.items())]
+        fingerprint = checkpoint_fingerprint(local_folder(settings["ckpt_dir"])) if settings["ckpt_dir"] else None
+        write_run_report(report, f"generate_continuous.py: a chain of {len(paths)} videos",
+                         [(stitched, "stitched chain")] + [(path, os.path.basename(path)) for path in paths],
+                         {**resolved, "checkpoint fingerprint": fingerprint}, timer, prompts={"prefix": generation.prompt}, tables=[(rows, "videos")])
+        log.info("report: %s", report)
     return paths, stitched
 
 

@@ -16,9 +16,12 @@ from wan.cli import (STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage
                      resolved_settings, run_cli, setup_logging, stage_options)
 from wan.configs import WAN_CONFIGS
 from wan.models import Models
+from wan.report import StageTimer, check_report_path
+from wan.report.runs import default_report_path, video_psnr, write_run_report
 from wan.settings import INVERSION_SCHEMES, SOLVERS, EditSettings, LoadOptions, SettingsError
 from wan.tasks import get_task
-from wan.tasks.edit import EditRequest
+from wan.tasks.edit import EditRequest, load_source
+from wan.utils.video_io import read_video
 
 log = logging.getLogger("ti2v_inversion_edit")
 
@@ -53,11 +56,14 @@ OPTIONS = [
     option("--comparison", "comparison", action="store_true",
            help="also write OUTPUT_comparison.mp4 (source | target image | edit) and first-frame PNGs"),
     option("--manifest", "manifest", help="JSONL file of edits to run with the models loaded once"),
+    option("--report", "report", resolved=False, nargs="?", const="", metavar="PATH",
+           help="write a self-contained HTML report (default PATH: OUTPUT.report.html, or MANIFEST.report.html for a "
+                "manifest): the edits, comparisons and first frames, PSNR against the source, settings, timings"),
     *load_options(),
     *stage_options(),
 ]
 DEFAULTS = {"ckpt_dir": None, "seed": 42, "save_inversion": None, "load_inversion": None, "comparison": False,
-            "manifest": None, "load": {"offload_model": False}, **EditSettings().to_dict(), **STAGE_DEFAULTS}
+            "manifest": None, "report": None, "load": {"offload_model": False}, **EditSettings().to_dict(), **STAGE_DEFAULTS}
 REQUEST_FIELDS = tuple(EditRequest().to_dict())
 SETTINGS_FIELDS = tuple(EditSettings().to_dict())
 STAGE_FIELDS = {"all": REQUEST_FIELDS[:3] + ("output",), "encode": REQUEST_FIELDS[:3], "denoise": (),
@@ -123,16 +129,44 @@ def main(argv=None):
     if stage in ("all", "encode"):
         for request in pending:
             request.check_files()
+    report = None
+    if settings["report"] is not None:
+        report = check_report_path(default_report_path(settings["manifest"] or pending[0].output, settings["report"]))
     task = get_task("ti2v-5B")
-    models = Models.load(WAN_CONFIGS["ti2v-5B"], settings["ckpt_dir"], load, parts=task.parts(stage))
+    timer = StageTimer(load.device)
+    with timer.stage("load"):
+        models = Models.load(WAN_CONFIGS["ti2v-5B"], settings["ckpt_dir"], load, parts=task.parts(stage))
     final = {**settings, **edit_settings.to_dict(), "load": load.to_dict()}
     requested = given_values(parsed.given, final, SETTINGS_FIELDS)
+    written = []
     for request in distributed.main_tqdm(pending, desc="edits", disable=len(pending) < 2):
         resolved = resolved_settings({**final, **request.to_dict()}, OPTIONS)
-        runner.edit(models, request, edit_settings, stage, settings["stage_dir"], settings["save_every"],
-                    settings["stop_after_steps"], settings["load_inversion"], settings["save_inversion"],
-                    settings["comparison"], requested, resolved)
+        if runner.edit(models, request, edit_settings, stage, settings["stage_dir"], settings["save_every"],
+                       settings["stop_after_steps"], settings["load_inversion"], settings["save_inversion"],
+                       settings["comparison"], requested, resolved, timer):
+            written.append(request)
+    if report and written:
+        write_edit_report(report, models, written, edit_settings, settings["comparison"],
+                          {**resolved_settings(final, OPTIONS), "checkpoint fingerprint": models.fingerprint}, timer)
     return [request.output for request in pending]
+
+
+def write_edit_report(path, models, requests, edit_settings, comparison, settings, timer):
+    """The edits (and their comparisons), the prompts and the PSNR of each edit against its source."""
+    videos, rows = [], []
+    for request in requests:
+        videos.append((request.output, f"edit: {request.target_prompt}"))
+        if comparison:
+            videos.append((f"{os.path.splitext(request.output)[0]}_comparison.mp4",
+                           "comparison: source | edited first frame | edit"))
+        source = load_source(models.config, request.video, edit_settings.frame_num, edit_settings.max_area)
+        rows.append({"output": request.output, "source": request.video, "source prompt": request.source_prompt,
+                     "target prompt": request.target_prompt,
+                     "PSNR vs source (dB)": round(video_psnr(read_video(request.output)[0], source.frames), 2)})
+    title = "ti2v_inversion_edit.py: " + (f"{len(requests)} edits" if len(requests) > 1 else "edit")
+    write_run_report(path, title, videos, settings, timer, tables=[(rows, "edits (the PSNR measures how much of the "
+                                                                          "source a no-op edit reconstructs)")])
+    log.info("report: %s", path)
 
 
 if __name__ == "__main__":

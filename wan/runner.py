@@ -18,6 +18,7 @@ import torch
 
 from . import distributed, flow, jobs, tasks
 from .errors import WanInputError
+from .report.stages import StageTimer
 from .settings import check_agrees
 from .solvers import INVERSION_STEPPERS, SAMPLERS, History
 from .tasks.continuation import (PROMPTS_LOG, STITCHED_VIDEO, finished_videos, stitched_frames,
@@ -198,14 +199,15 @@ def write_settings(output, resolved):
 
 
 def generate(models, generation, output, stage="all", stage_dir=None, save_every=0, stop_after=None,
-             requested=None, resolved=None):
+             requested=None, resolved=None, timer=None):
     """Generate one video, whole or one stage (see the module docstring). `requested`: the settings
     given explicitly, which a later stage checks against the job's file. Returns the output path when
     a video was written."""
-    runner, folder = Runner(models), stage_dir or ""
+    runner, folder, timer = Runner(models), stage_dir or "", timer or StageTimer(models.device)
     encoded, latent_file = os.path.join(folder, ENCODED), os.path.join(folder, LATENT)
     if stage in ("all", "encode"):
-        job = tasks.prepare(models, generation)
+        with timer.stage("encode"):
+            job = tasks.prepare(models, generation)
         if stage == "encode":
             if models.layout.writes_outputs:
                 jobs.save(encoded, "generation", job, models.fingerprint)
@@ -218,7 +220,8 @@ def generate(models, generation, output, stage="all", stage_dir=None, save_every
         checkpointing = Checkpointing(os.path.join(folder, CHECKPOINT), job_key("generation", job), save_every,
                                       stop_after, models.fingerprint)
         try:
-            latent = runner.denoise(job, checkpointing)
+            with timer.stage("denoise"):
+                latent = runner.denoise(job, checkpointing)
         except StopRequested as stop:
             log.info("stopped after %s; run the denoise stage again to resume", stop)
             return None
@@ -228,27 +231,30 @@ def generate(models, generation, output, stage="all", stage_dir=None, save_every
             log.info("denoised to %s; next: the decode stage", latent_file)
         return None
     if stage == "all":
-        latent, record = runner.denoise(job), job.record
+        with timer.stage("denoise"):
+            latent, record = runner.denoise(job), job.record
     else:
         tensors, header = jobs.read(latent_file, "latent", models.fingerprint)
         latent, record = tensors["latent"], header["record"]
         check_agrees(record, requested or {}, latent_file, ignore=OUTPUT_ONLY)
     if not models.layout.writes_outputs:
         return None
-    runner.write_video(latent, output, (requested or {}).get("fps") or record["fps"])
+    with timer.stage("decode and write"):
+        runner.write_video(latent, output, (requested or {}).get("fps") or record["fps"])
     write_settings(output, resolved)
     return output
 
 
 def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, stop_after=None,
-         load_inversion=None, save_inversion=None, comparison=False, requested=None, resolved=None):
+         load_inversion=None, save_inversion=None, comparison=False, requested=None, resolved=None, timer=None):
     """One edit, whole or one stage; returns the output path when a video was written."""
-    runner, folder = Runner(models), stage_dir or ""
+    runner, folder, timer = Runner(models), stage_dir or "", timer or StageTimer(models.device)
     encoded, latent_file = os.path.join(folder, ENCODED), os.path.join(folder, LATENT)
     edit_job = None
     if stage in ("all", "encode"):
         # A whole run from a saved inversion need not encode the source clip.
-        edit_job = tasks.prepare_edit(models, request, settings, invert=not (load_inversion and stage == "all"))
+        with timer.stage("encode"):
+            edit_job = tasks.prepare_edit(models, request, settings, invert=not (load_inversion and stage == "all"))
         if stage == "encode":
             if models.layout.writes_outputs:
                 jobs.save(encoded, "edit", edit_job, models.fingerprint)
@@ -263,7 +269,8 @@ def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, s
             checkpointing = Checkpointing(os.path.join(folder, CHECKPOINT), job_key("edit", edit_job), save_every,
                                           stop_after, models.fingerprint)
         try:
-            latent = runner.edit(edit_job, load_inversion, save_inversion, checkpointing)
+            with timer.stage("invert and regenerate"):
+                latent = runner.edit(edit_job, load_inversion, save_inversion, checkpointing)
         except StopRequested as stop:
             log.info("stopped after %s; run the denoise stage again to resume", stop)
             return None
@@ -287,12 +294,13 @@ def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, s
     output = request.output or record["output"]
     if comparison and source is None:  # a decode stage in its own process reads the clip again
         source = load_source(models.config, record["video"], record["frame_num"], record["max_area"])
-    runner.write_edit(latent, output, settings.fps or source_fps, source.frames if comparison else None, target)
+    with timer.stage("decode and write"):
+        runner.write_edit(latent, output, settings.fps or source_fps, source.frames if comparison else None, target)
     write_settings(output, resolved)
     return output
 
 
-def run_chain(load_models, generation, output_dir, num_videos, resolved=None):
+def run_chain(load_models, generation, output_dir, num_videos, resolved=None, timer=None):
     """Videos 1..num_videos into `output_dir`: video 1 continues generation.video, video i continues
     video i-1 with seed generation.seed + i - 1. Videos already in the prompts log are kept, so a
     rerun resumes after the last finished one. `load_models()` is called only if something is left.
@@ -300,6 +308,7 @@ def run_chain(load_models, generation, output_dir, num_videos, resolved=None):
     from .tasks.common import resolve_seed
 
     base_seed = resolve_seed(generation.seed)
+    timer = timer or StageTimer()
     log_path = os.path.join(output_dir, PROMPTS_LOG)
     entries = finished_videos(output_dir)
     source, models = generation.video, None
@@ -308,14 +317,19 @@ def run_chain(load_models, generation, output_dir, num_videos, resolved=None):
             log.info("video %d already finished (%s), skipping", index, entries[index][0])
             source = os.path.join(output_dir, entries[index][0])
             continue
-        models = models or load_models()
+        if models is None:
+            with timer.stage("load"):
+                models = load_models()
         seed = base_seed + index - 1
         name = f"video_{index:02d}_seed{seed}.mp4"
         log.info("video %d/%d: continuing %s (seed %d)", index, num_videos, source, seed)
-        job = tasks.prepare(models, generation.replace(video=source, seed=seed))
-        path = os.path.join(output_dir, name)
-        runner = Runner(models)
-        runner.write_video(runner.denoise(job), path, generation.fps or models.config.sample_fps)
+        with timer.stage("caption and encode"):
+            job = tasks.prepare(models, generation.replace(video=source, seed=seed))
+        path, runner = os.path.join(output_dir, name), Runner(models)
+        with timer.stage("denoise"):
+            latent = runner.denoise(job)
+        with timer.stage("decode and write"):
+            runner.write_video(latent, path, generation.fps or models.config.sample_fps)
         entries[index] = (name, seed, job.record["prompt"])
         write_prompts_log(log_path, entries)
         source = path
