@@ -118,6 +118,9 @@ def main(argv=None):
     layout = distributed.make_layout(load.ulysses_size, load.cfg_parallel, data_parallel=settings["manifest"] is not None)
     load = load.replace(device=load.device or (str(env.device) if env.device else None))
     requests = requests_from(settings)
+    report = None
+    if settings["report"] is not None:
+        report = check_report_path(default_report_path(settings["manifest"] or requests[0].output, settings["report"]))
     if settings["manifest"] is None:
         pending = requests
     else:
@@ -129,9 +132,6 @@ def main(argv=None):
     if stage in ("all", "encode"):
         for request in pending:
             request.check_files()
-    report = None
-    if settings["report"] is not None:
-        report = check_report_path(default_report_path(settings["manifest"] or pending[0].output, settings["report"]))
     task = get_task("ti2v-5B")
     timer = StageTimer(load.device)
     with timer.stage("load"):
