@@ -1,25 +1,159 @@
-"""Atomic output files: a reader (or a resumed run) never sees a half-written file."""
+"""Atomic output files: a reader (or a resumed run) never sees a half-written file.
+
+`atomic_path(path)` hands out a temporary name beside `path` and renames it onto `path` only when
+the writer finished; on an error the temporary is deleted. A process killed mid-write (SIGKILL,
+power cut of the job's node) cannot delete it, so temporaries carry a recognizable name holding
+the writer's process id,
+
+    .NAME.PID-RANDOM.partial.SUFFIX      e.g. .video_02_seed11.48121-9f3a0c1e.partial.mp4
+
+and the next atomic write into the same folder deletes the ones whose process is gone. (A process
+id is only checked on this machine: on a folder shared by several hosts a temporary of another
+host's process is kept while a process with its id runs here.)
+
+A full disk, a read-only folder or one without write permission become a one-line `OutputError`
+naming the output, not a traceback from deep inside a writer.
+"""
 import contextlib
+import errno
 import json
 import os
-import uuid
+import re
+import secrets
+import shutil
 from pathlib import Path
+
+from ..errors import WanInputError
+
+class OutputError(WanInputError, OSError):
+    """An output cannot be written: a full disk, no permission, a file where a folder should be.
+    Both a WanInputError (the scripts print it in one line) and an OSError (what callers of a
+    writer expect from a failed write); `errno` is set when one caused it."""
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.errno = code
+
+
+TEMPORARY = re.compile(r"^\..*\.(?P<pid>\d+)-[0-9a-f]{8}\.(partial|replaced)(\.[^.]*)?$")
+# Errors that mean "this folder cannot take the file", whoever raised them.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG}
+_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded")
+# Writers that report a full disk in their own words (torch.save: "unexpected pos"): a write that
+# failed while the folder has less than this free is called a full disk.
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def temporary_name(path, kind="partial"):
+    """A fresh temporary name beside `path` that says whose it is (see the module docstring)."""
+    path = Path(path)
+    name = path.name.rstrip("/")
+    stem, suffix = os.path.splitext(name)
+    return path.with_name(f".{stem}.{os.getpid()}-{secrets.token_hex(4)}.{kind}{suffix}")
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_temporaries(folder):
+    """Temporaries in `folder` whose writing process no longer runs (left by a killed run)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    stale = []
+    for entry in entries:
+        match = TEMPORARY.match(entry.name)
+        if match and int(match["pid"]) != os.getpid() and not _process_alive(int(match["pid"])):
+            stale.append(Path(entry.path))
+    return stale
+
+
+def remove(path):
+    """Delete a file or a folder tree; a missing one is fine."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sweep_stale_temporaries(folder):
+    for path in stale_temporaries(folder):
+        remove(path)
+
+
+def write_error(path, temp, exc):
+    """The one-line OutputError for a write of `path` (through `temp`) that failed with `exc`, or
+    None when `exc` is not about the output folder (a bug, or a failure upstream of the writer)."""
+    folder = path.parent
+    code = getattr(exc, "errno", None)
+    text = " ".join(str(exc).split())
+    if isinstance(exc, WanInputError):
+        return None  # already says what is wrong
+    full = code in _FULL or any(words in text for words in _FULL_TEXT)
+    if not full and isinstance(exc, RuntimeError) and temp.exists():
+        with contextlib.suppress(OSError):
+            full = shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
+    if full:
+        return OutputError(f"cannot write {path}: no space left on the device holding {folder}", errno.ENOSPC)
+    filename = getattr(exc, "filename", None)
+    if code in _REFUSED and (filename is None or Path(filename).parent == temp.parent):
+        return OutputError(f"cannot write {path}: {os.strerror(code)} ({folder})", code)
+    return None
+
+
+def _replace(temp, path):
+    """Rename `temp` onto `path`. A folder replaces a folder: the old one is first renamed aside
+    (a recognizable temporary, removed here or swept later), since rename cannot overwrite a
+    non-empty folder."""
+    if temp.is_dir() and path.is_dir():
+        old = temporary_name(path, "replaced")
+        os.replace(path, old)
+        os.replace(temp, path)
+        remove(old)
+    else:
+        os.replace(temp, path)
+
+
+def make_folder(folder):
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputError(f"cannot create the folder {folder}: a file is in the way", exc.errno) from None
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder {folder}: {exc.strerror}", exc.errno) from None
 
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to `path`; on success rename it onto `path`, on error delete it.
-
-    The temporary name keeps the suffix so that writers which pick a format by extension work.
-    Parent folders are created."""
+    """Yield a temporary path beside `path`; when the block succeeds rename it onto `path`, on an
+    error delete it. The temporary keeps the suffix (writers that pick a format by extension work)
+    and may be written as a file or created as a folder. Parent folders are created; stale
+    temporaries of killed runs in that folder are deleted."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    folder = path.parent
+    make_folder(folder)
+    sweep_stale_temporaries(folder)
+    temp = temporary_name(path)
     try:
         yield temp
-        os.replace(temp, path)
+        _replace(temp, path)
+    except Exception as exc:
+        error = write_error(path, temp, exc)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        temp.unlink(missing_ok=True)
+        remove(temp)
 
 
 def write_json_atomic(path, obj):
@@ -37,7 +171,10 @@ def write_yaml_atomic(path, obj):
 
 
 def torch_save_atomic(obj, path):
+    """torch.save through a file object: the archive inside is then named "archive", not after the
+    (random) temporary name, so the same state gives the same bytes."""
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)

@@ -105,9 +105,11 @@ def _video_to_uint8_frames(tensor, nrow, normalize, value_range):
 
 def save_video(tensor, save_file=None, fps=30, suffix=".mp4", nrow=8, normalize=True, value_range=(-1, 1),
                crf=REFERENCE_CRF):
-    """Write a [B, C, T, H, W] video tensor (values in `value_range`) as an H.264 mp4; return the path.
+    """Write a [B, C, T, H, W] video tensor (values in `value_range`) to `save_file`; return the path.
 
-    `tensor` may also be an iterable of such tensors, consecutive pieces of one video along T (a
+    The format follows the extension (wan.utils.video_io.write_video): H.264 .mp4 as the reference
+    writes, or .webm, .gif, a folder of PNG frames (a path ending in /), or for one frame a .png or
+    .jpg image. `tensor` may also be an iterable of such tensors, consecutive pieces of one video along T (a
     chunked VAE decode, say): each piece is encoded while the next one is produced. With B > 1 each
     frame is a grid of the batch, `nrow` per row. Without `save_file` a fresh name in the temp
     folder is used. The file appears only when complete; errors are raised, not logged.
