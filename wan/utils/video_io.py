@@ -52,7 +52,7 @@ def _one_line(exc):
     """An exception as one short line: FFmpeg's reason without its errno, decord's without its log prefix."""
     text = getattr(exc, "strerror", None) or str(exc)
     text = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", " ".join(text.split()))
-    return text or type(exc).__name__
+    return text[:200] or type(exc).__name__
 
 
 def _open_video_stream(container, path):
@@ -72,13 +72,17 @@ def _stream_fps(stream, path):
     return float(rate)
 
 
-def _decode_frames(container, stream, max_frames):
+def _decode_frames(container, stream, max_frames, path):
     """Decoded RGB frames and the number of non-empty packets the demuxer delivered."""
     frames, packets = [], 0
     for packet in container.demux(stream):
         packets += packet.size > 0
         for frame in packet.decode():
             frames.append(frame.to_ndarray(format="rgb24"))
+            if frames[-1].shape != frames[0].shape:  # e.g. two streams of other sizes pasted together
+                raise WanInputError(f"video changes size mid-stream: {path} frame {len(frames) - 1} is "
+                                    f"{frames[-1].shape[1]}x{frames[-1].shape[0]}, frame 0 is "
+                                    f"{frames[0].shape[1]}x{frames[0].shape[0]}")
             if max_frames is not None and len(frames) >= max_frames:
                 return frames, packets
     return frames, packets
@@ -90,7 +94,7 @@ def _read_pyav(path, max_frames):
             stream = _open_video_stream(container, path)
             stream.thread_type = "AUTO"
             fps = _stream_fps(stream, path)
-            frames, packets = _decode_frames(container, stream, max_frames)
+            frames, packets = _decode_frames(container, stream, max_frames, path)
             declared = stream.frames
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         if isinstance(exc, WanInputError):
@@ -112,11 +116,14 @@ def _read_decord(path, max_frames):
 
     # decord's demuxer would also take a PNG for a video; let PyAV's checks decide what a video is.
     with av.open(str(path)) as container:
-        _open_video_stream(container, path)
+        declared = _open_video_stream(container, path).frames
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
     count = len(reader) if max_frames is None else min(len(reader), max_frames)
     if count == 0:
         raise WanInputError(f"video has no decodable frames: {path}")
+    if max_frames is None and len(reader) < declared:  # as the PyAV reader decides (see _read_pyav)
+        raise WanInputError(f"video is truncated or corrupt: {path} declares {declared} frames, "
+                            f"the file holds {len(reader)}")
     frames = reader.get_batch(list(range(count))).asnumpy()
     return frames, float(reader.get_avg_fps())
 
