@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import WanInputError
 
+
 class OutputError(WanInputError, OSError):
     """An output cannot be written: a full disk, no permission, a file where a folder should be.
     Both a WanInputError (the scripts print it in one line) and an OSError (what callers of a
@@ -157,17 +158,15 @@ def atomic_path(path):
 
 
 def write_json_atomic(path, obj):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
 
 
 def write_yaml_atomic(path, obj):
     import yaml
 
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            yaml.safe_dump(obj, f, sort_keys=False, allow_unicode=True)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        yaml.safe_dump(obj, f, sort_keys=False, allow_unicode=True)
 
 
 def torch_save_atomic(obj, path):
@@ -175,6 +174,5 @@ def torch_save_atomic(obj, path):
     (random) temporary name, so the same state gives the same bytes."""
     import torch
 
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
