@@ -209,8 +209,10 @@ def test_qwen_command_line(command, tokens, with_required):
 
 # ---------------------------------------------------------------------------- job files
 def tiny_job(start=0):
-    latent = torch.randn(4, 2, 4, 4)
-    return jobs.Job(latent, torch.randn(3, 8), torch.randn(3, 8), flow.FirstFrameCondition(latent[:, :1].clone()),
+    generator = torch.Generator().manual_seed(start)  # the same files in every run: repeatable examples
+    latent = torch.randn(4, 2, 4, 4, generator=generator)
+    context, context_null = torch.randn(2, 3, 8, generator=generator)
+    return jobs.Job(latent, context, context_null, flow.FirstFrameCondition(latent[:, :1].clone()),
                     Sampling(steps=3), seq_len=8, start=start, record={"prompt": "a dog", "seed": 5})
 
 
