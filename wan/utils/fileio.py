@@ -100,7 +100,11 @@ def write_error(path, temp, exc):
     text = " ".join(str(exc).split())
     if isinstance(exc, WanInputError):
         return None  # already says what is wrong
-    full = code in _FULL or any(words in text for words in _FULL_TEXT)
+    causes = [exc]
+    while causes[-1].__cause__ or causes[-1].__context__:  # torch.save's RuntimeError hides the OSError
+        causes.append(causes[-1].__cause__ or causes[-1].__context__)
+    full = any(getattr(cause, "errno", None) in _FULL for cause in causes) or any(
+        words in text for words in _FULL_TEXT)
     if not full and isinstance(exc, RuntimeError) and temp.exists():
         with contextlib.suppress(OSError):
             full = shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
