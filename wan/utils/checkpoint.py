@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
-from .fileio import atomic_path, write_json_atomic
+from .fileio import save_safetensors_atomic, write_json_atomic
 
 _MAX_LISTED = 8
 
@@ -179,8 +179,6 @@ def load_into(module, state, source, dtype=None):
 def save_sharded_safetensors(state, folder, prefix, max_shard_bytes):
     """Write `<prefix>.safetensors`, or shards plus `<prefix>.safetensors.index.json` when the
     tensors exceed `max_shard_bytes`; each file is written under a temp name, then renamed."""
-    from safetensors.torch import save_file
-
     shards, current, size = [], {}, 0
     for name, tensor in state.items():
         nbytes = tensor.numel() * tensor.element_size()
@@ -195,8 +193,7 @@ def save_sharded_safetensors(state, folder, prefix, max_shard_bytes):
     else:
         names = [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, shard in zip(names, shards):
-        with atomic_path(os.path.join(folder, name)) as tmp:
-            save_file(shard, str(tmp), metadata={"format": "pt"})
+        save_safetensors_atomic(shard, os.path.join(folder, name), metadata={"format": "pt"})
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
                  "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}

@@ -173,6 +173,25 @@ def write_yaml_atomic(path, obj):
         yaml.safe_dump(obj, f, sort_keys=False, allow_unicode=True)
 
 
+def save_safetensors_atomic(tensors, path, metadata=None):
+    """safetensors.torch.save_file, atomically, with the same bytes for the same tensors and
+    metadata: safetensors writes the metadata in its hash map's order, which changes from process
+    to process, so the JSON header is rewritten with its keys sorted (same length: only the order
+    changes)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "r+b") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+            canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            if len(canonical) > size:  # cannot happen for what safetensors writes; keep its order then
+                return
+            f.seek(8)
+            f.write(canonical.ljust(size))  # safetensors pads its header with spaces too
+
+
 def torch_save_atomic(obj, path):
     """torch.save through a file object: the archive inside is then named "archive", not after the
     (random) temporary name, so the same state gives the same bytes."""
