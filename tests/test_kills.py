@@ -12,6 +12,7 @@ the time the uninterrupted run took from that line to its end, so kills fall whe
 whatever the machine's load. A kill that comes after the process finished is not a kill; each job
 must have been killed at least once.
 """
+import json
 import os
 import random
 import re
@@ -22,8 +23,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import DATA, REPO
+
 from wan import jobs
 from wan.runner import CHECKPOINT, ENCODED, LATENT
 from wan.tasks.continuation import finished_videos
@@ -118,10 +119,13 @@ def kill_and_finish(argv, reference, finished_units, seed):
     (the final run, units finished before it with their mtimes, how many runs were really killed)."""
     rng = random.Random(seed)
     window = reference.working_time()
-    killed = sum(Run(argv).kill_after_first_log(rng.uniform(0, window)) for _ in range(KILLS))
+    delays = [rng.uniform(0, window) for _ in range(KILLS)]
+    killed = sum(Run(argv).kill_after_first_log(delay) for delay in delays)
     kept = mtimes(finished_units())
     final = run_ok(argv)
     assert mtimes(kept) == kept  # what was finished before the last run was not recomputed
+    print(f"{os.path.basename(argv[0])}: kills at {', '.join(f'{d:.2f}' for d in delays)} s of {window:.2f} s of "
+          f"work, {killed} landed; {len(kept)} units finished before the last run")
     return final, kept, killed
 
 
@@ -162,7 +166,7 @@ def test_a_manifest_of_three_edits(ckpt, tmp_path):
             edits = [{"video": os.path.join(KITTEN, "source.mp4"), "source_prompt": "a kitten",
                       "target_prompt": target, "output": str(folder / f"edit{index}.mp4")}
                      for index, target in enumerate(("a dog", "a fox", "a cat"))]
-            manifest.write_text("".join(f"{edit}\n".replace("'", '"') for edit in edits))
+            manifest.write_text("".join(json.dumps(edit) + "\n" for edit in edits))
         return ["ti2v_inversion_edit.py", "--ckpt_dir", ckpt, "--manifest", str(manifest), "--frame_num", "5",
                 "--inversion_steps", "2", "--generation_steps", "2", "--max_area", "4096", "--device", "cpu"]
 
@@ -248,3 +252,60 @@ def test_the_qwen_ttlg_editor(tmp_path_factory, tmp_path):
     for path in frames:
         assert same_bytes(tmp_path / "reference" / "styled_work" / "frames" / path.name, path), path
     assert temporaries(work) == []
+
+
+# ---------------------------------------------------------------------------- windows a random kill rarely hits
+class Killed(BaseException):
+    """Stands in for SIGKILL at a chosen line: nothing after it runs (not an Exception, so no
+    handler of the code under test catches it)."""
+
+
+@pytest.mark.xfail(strict=True, reason="wan.runner bug: the denoise stage removes its checkpoint "
+                                       "(Checkpointing.done) before writing the latent file; a kill in between "
+                                       "loses the whole denoise. Write the latent first, then remove the checkpoint")
+def test_a_kill_while_the_latent_is_written_keeps_the_checkpoint(ckpt, tmp_path, monkeypatch):
+    from wan import runner, tasks
+    from wan.configs import WAN_CONFIGS
+    from wan.models import Models
+    from wan.settings import Generation, LoadOptions
+
+    models = Models.load(WAN_CONFIGS["ti2v-5B"], ckpt, LoadOptions(device="cpu"))
+    values = {**tasks.defaults("ti2v-5B"), "prompt": "a dog", "size": (64, 64), "frame_num": 5, "seed": 1}
+    generation = Generation.from_dict({**values, "sampling": {**values["sampling"], "steps": 3}})
+    runner.generate(models, generation, None, "encode", str(tmp_path))
+    runner.generate(models, generation, None, "denoise", str(tmp_path), save_every=1, stop_after=2)
+    write = jobs.write
+
+    def killed_writing_the_latent(path, kind, *args, **kwargs):
+        if kind == "latent":
+            raise Killed
+        return write(path, kind, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "write", killed_writing_the_latent)
+    with pytest.raises(Killed):
+        runner.generate(models, generation, None, "denoise", str(tmp_path), save_every=1)
+    assert (tmp_path / CHECKPOINT).exists()  # step 2 of 3 is still there to resume from
+
+
+@pytest.mark.xfail(strict=True, reason="ti2v_inversion_edit.py / wan.runner bug: a manifest edit counts as done "
+                                       "when its video exists, but OUTPUT.settings.yaml is written after the video; "
+                                       "a kill in between leaves the edit without its settings for good. Write the "
+                                       "settings first (or treat a video without them as unfinished)")
+def test_a_kill_between_an_edit_and_its_settings(ckpt, tmp_path, monkeypatch):
+    import ti2v_inversion_edit
+    from wan import runner
+
+    output = tmp_path / "edit.mp4"
+    manifest = tmp_path / "edits.jsonl"
+    edit = {"video": os.path.join(KITTEN, "source.mp4"), "source_prompt": "a kitten", "target_prompt": "a dog",
+            "output": str(output)}
+    manifest.write_text(json.dumps(edit) + "\n")
+    argv = ["--ckpt_dir", ckpt, "--manifest", str(manifest), "--frame_num", "5", "--inversion_steps", "1",
+            "--generation_steps", "1", "--max_area", "4096", "--device", "cpu"]
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "write_settings", lambda *args: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            ti2v_inversion_edit.main(argv)
+    assert output.exists()
+    ti2v_inversion_edit.main(argv)  # the rerun
+    assert (tmp_path / "edit.settings.yaml").exists()

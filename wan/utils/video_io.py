@@ -358,14 +358,13 @@ def _write_gif(frames, temp, path, rate):
 
 
 def _write_image(frames, temp, path):
-    written = 0
-    for _, frame in _checked_frames(frames, path):
-        if written:
+    image_format = IMAGE_SUFFIXES[Path(path).suffix.lower()]
+    for index, frame in _checked_frames(frames, path):
+        if index:
             raise WanInputError(f"cannot write {path}: an image path holds one frame and this video has more; "
                                 "write a video (.mp4, .webm, .gif) or PNG frames (a folder path ending in /)")
-        options = {"quality": JPEG_QUALITY} if IMAGE_SUFFIXES[Path(path).suffix.lower()] == "JPEG" else {}
-        Image.fromarray(frame).save(temp, format=IMAGE_SUFFIXES[Path(path).suffix.lower()], **options)
-        written += 1
+        options = {"quality": JPEG_QUALITY} if image_format == "JPEG" else {}
+        Image.fromarray(frame).save(temp, format=image_format, **options)
 
 
 def _write_frame_folder(frames, temp, path):
