@@ -202,6 +202,7 @@ def staged_denoise(script_argv, encode_flags, tmp_path, seed):
     final, _, killed = kill_and_finish(argv, reference, lambda: steps_before.append(resumed_step(work)) or [], seed)
     assert killed >= 1
     step = steps_before[0]
+    print(f"  the last run {'found the latent written' if step is None else f'started at step {step}'}")
     if step:  # the last run went on from the checkpoint the kills left
         assert re.search(rf"resuming (inverting|generating) at step {step} from", final.stderr), final.stderr[-2000:]
     assert same_stage_file(work / LATENT, reference_dir / LATENT)
