@@ -7,9 +7,9 @@ the writer's process id,
 
     .NAME.PID-RANDOM.partial.SUFFIX      e.g. .video_02_seed11.48121-9f3a0c1e.partial.mp4
 
-and the next atomic write into the same folder deletes the ones whose process is gone. (A process
-id is only checked on this machine: on a folder shared by several hosts a temporary of another
-host's process is kept while a process with its id runs here.)
+and the first atomic write of a process into the same folder deletes the ones whose process is
+gone. (A process id is only checked on this machine: on a folder shared by several hosts, a
+temporary of another host's process is kept while a process with its id runs here.)
 
 A full disk, a read-only folder or one without write permission become a one-line `OutputError`
 naming the output, not a traceback from deep inside a writer.
@@ -55,6 +55,8 @@ def temporary_name(path, kind="partial"):
 
 
 def _process_alive(pid):
+    if os.name != "posix":  # signal 0 is a probe on POSIX only (on Windows os.kill would end the process)
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,9 +89,17 @@ def remove(path):
         path.unlink(missing_ok=True)
 
 
+_swept = set()  # folders this process has swept: what a killed run left is there from the start
+
+
 def sweep_stale_temporaries(folder):
-    for path in stale_temporaries(folder):
-        remove(path)
+    """Delete the stale temporaries of `folder`, once per process (a folder of thousands of frames
+    is not listed again at every frame)."""
+    key = os.path.abspath(folder)
+    if key not in _swept:
+        for path in stale_temporaries(folder):
+            remove(path)
+        _swept.add(key)
 
 
 def write_error(path, temp, exc):
