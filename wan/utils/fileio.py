@@ -41,16 +41,15 @@ TEMPORARY = re.compile(r"^\..*\.(?P<pid>\d+)-[0-9a-f]{8}\.(partial|replaced)(\.[
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG}
 _FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded")
-# Writers that report a full disk in their own words (torch.save: "unexpected pos"): a write that
-# failed while the folder has less than this free is called a full disk.
+# Writers in C++ report a full disk in their own words (torch.save to a path: "unexpected pos"): a
+# RuntimeError while the folder has less than this free is called a full disk.
 _NEARLY_FULL_BYTES = 1 << 20
 
 
 def temporary_name(path, kind="partial"):
     """A fresh temporary name beside `path` that says whose it is (see the module docstring)."""
     path = Path(path)
-    name = path.name.rstrip("/")
-    stem, suffix = os.path.splitext(name)
+    stem, suffix = os.path.splitext(path.name)
     return path.with_name(f".{stem}.{os.getpid()}-{secrets.token_hex(4)}.{kind}{suffix}")
 
 
@@ -105,11 +104,9 @@ def sweep_stale_temporaries(folder):
 def write_error(path, temp, exc):
     """The one-line OutputError for a write of `path` (through `temp`) that failed with `exc`, or
     None when `exc` is not about the output folder (a bug, or a failure upstream of the writer)."""
-    folder = path.parent
-    code = getattr(exc, "errno", None)
-    text = " ".join(str(exc).split())
     if isinstance(exc, WanInputError):
         return None  # already says what is wrong
+    folder, code, text = path.parent, getattr(exc, "errno", None), " ".join(str(exc).split())
     causes = [exc]
     while causes[-1].__cause__ or causes[-1].__context__:  # torch.save's RuntimeError hides the OSError
         causes.append(causes[-1].__cause__ or causes[-1].__context__)
