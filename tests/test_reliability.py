@@ -232,7 +232,9 @@ def test_a_killed_writer_leaves_a_named_temporary_that_the_next_write_sweeps(tmp
     env = dict(os.environ, PYTHONPATH=REPO)
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(output)], stdout=subprocess.PIPE, text=True, env=env)
     assert writer.stdout.readline().strip() == "writing"
-    time.sleep(0.3)
+    deadline = time.monotonic() + 60
+    while not os.listdir(tmp_path) and time.monotonic() < deadline:  # FFmpeg opens the file at its first packet
+        time.sleep(0.05)
     writer.send_signal(signal.SIGKILL)
     writer.wait()
     left = os.listdir(tmp_path)
