@@ -7,10 +7,12 @@ manifest of three edits (ti2v_inversion_edit.py --manifest), the denoise stage o
 of an edit with a checkpoint every step (--stage denoise --save_every 1), and the Qwen TTLG editor
 (qwen_video_edit.py video).
 
-A kill lands at a random time after the process logged its first line (its imports done), within
-the time the uninterrupted run took from that line to its end, so kills fall where work happens
-whatever the machine's load. A kill that comes after the process finished is not a kill; each job
-must have been killed at least once.
+A kill lands at a random time after the process logged the line where its work begins (its first
+log line, after the imports; for the denoise stage the DiT's loading, for the Qwen editor its
+model's), within the time the uninterrupted run took from that line to its end (halved for each later
+kill: a resumed run has less to do), so kills fall where work happens whatever the machine's
+load. A kill after the run logged its last line (while the interpreter exits) does not count;
+each job must have had its work stopped at least once.
 """
 import json
 import os
@@ -31,30 +33,36 @@ from wan.tasks.continuation import finished_videos
 
 KITTEN = os.path.join(DATA, "kitten-turning-head")
 RABBIT = os.path.join(DATA, "rabbit-figurine", "source.mp4")
-KILLS = 2
+KILLS = 3
 SEED = 21
 FIRST_LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d ")
+LOADING_DIT = re.compile(r"INFO: loading DiT ")
+LOADING_QWEN = re.compile(r"INFO: loading Qwen-Image-Edit components ")  # after the editor's lazy imports
 TEMPORARY = re.compile(r"\.partial|\.replaced")
 TIMEOUT = 300
 
 
 class Run:
-    """A script in a fresh interpreter; stderr is read as it comes, with the time of each line."""
+    """A script in a fresh interpreter; stderr is read as it comes, with the time of each line.
+    `start`: the line after which the work a kill should hit begins (by default the first log line:
+    the imports are done)."""
 
-    def __init__(self, argv):
+    def __init__(self, argv, start=FIRST_LOG_LINE):
         env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+        self.start = start
         self.started = time.monotonic()
         self.process = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True)  # text: tqdm's \r ends a line too
-        self.lines, self.first_log = [], threading.Event()
+        self.lines, self.working = [], threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self):
         for line in self.process.stderr:
             self.lines.append((time.monotonic() - self.started, line.rstrip("\n")))
-            if FIRST_LOG_LINE.match(line):
-                self.first_log.set()
+            if self.start.search(line):
+                self.working.set()
+        self.working.set()  # ended without reaching the work (nothing left to do)
 
     def finish(self):
         self.process.wait(TIMEOUT)
@@ -66,24 +74,28 @@ class Run:
         return "\n".join(line for _, line in self.lines)
 
     def working_time(self):
-        """Seconds from the first log line to the end."""
-        first = next(at for at, line in self.lines if FIRST_LOG_LINE.match(line))
+        """Seconds from the start line to the end."""
+        first = next(at for at, line in self.lines if self.start.search(line))
         return self.lines[-1][0] - first
 
-    def kill_after_first_log(self, delay):
-        """SIGKILL `delay` seconds after the first log line; True if the process was still running."""
-        if not self.first_log.wait(TIMEOUT):
-            raise TimeoutError("the process logged nothing")
+    def last_message(self):
+        """The text of the last log line (its time stamp left out): what a finished run says last."""
+        return FIRST_LOG_LINE.sub("", [line for _, line in self.lines if FIRST_LOG_LINE.match(line)][-1])[:40]
+
+    def kill_when_working(self, delay, finished_message):
+        """SIGKILL `delay` seconds after the start line; True if that stopped the work (the run had
+        not logged `finished_message` yet: a kill while the interpreter exits proves nothing)."""
+        if not self.working.wait(TIMEOUT):
+            raise TimeoutError("the process did not start working")
         time.sleep(delay)
-        running = self.process.poll() is None
-        if running:
+        if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
         self.finish()
-        return running
+        return self.process.returncode == -signal.SIGKILL and finished_message not in self.stderr
 
 
-def run_ok(argv):
-    run = Run(argv).finish()
+def run_ok(argv, start=FIRST_LOG_LINE):
+    run = Run(argv, start).finish()
     assert run.process.returncode == 0, run.stderr[-3000:]
     return run
 
@@ -119,13 +131,17 @@ def kill_and_finish(argv, reference, finished_units, seed):
     (the final run, units finished before it with their mtimes, how many runs were really killed)."""
     rng = random.Random(seed)
     window = reference.working_time()
-    delays = [rng.uniform(0, window) for _ in range(KILLS)]
-    killed = sum(Run(argv).kill_after_first_log(delay) for delay in delays)
+    # Kill k lands at a random point within 0.9 / 2**k of the uninterrupted run's work: every killed
+    # run resumes where the one before it stopped and has less left to do, so later kills get
+    # shorter windows to stay inside the work instead of after its end.
+    delays = [rng.uniform(0, 0.9 * window / 2 ** k) for k in range(KILLS)]
+    finished = reference.last_message()
+    killed = sum(Run(argv, reference.start).kill_when_working(delay, finished) for delay in delays)
     kept = mtimes(finished_units())
     final = run_ok(argv)
     assert mtimes(kept) == kept  # what was finished before the last run was not recomputed
     print(f"{os.path.basename(argv[0])}: kills at {', '.join(f'{d:.2f}' for d in delays)} s of {window:.2f} s of "
-          f"work, {killed} landed; {len(kept)} units finished before the last run")
+          f"work, {killed} stopped work; {len(kept)} units finished before the last run")
     return final, kept, killed
 
 
@@ -191,13 +207,15 @@ def resumed_step(stage_dir):
 
 def staged_denoise(script_argv, encode_flags, tmp_path, seed):
     """Encode once; denoise uninterrupted in one copy of the stage folder, killed and resumed (with a
-    checkpoint every step) in another: the same latent file."""
+    checkpoint every step) in another: the same latent file. Many steps of the tiny DiT, so that
+    the denoise loop, not the model loading, fills most of the time a kill may land in."""
     reference_dir, work = tmp_path / "reference", tmp_path / "killed"
     run_ok([*script_argv, *encode_flags, "--stage", "encode", "--stage_dir", str(reference_dir)])
     work.mkdir()
     (work / ENCODED).write_bytes((reference_dir / ENCODED).read_bytes())
-    reference = run_ok([*script_argv, "--stage", "denoise", "--stage_dir", str(reference_dir)])
-    argv = [*script_argv, "--stage", "denoise", "--stage_dir", str(work), "--save_every", "1"]
+    denoise = ["--stage", "denoise", "--save_every", "1", "--stage_dir"]  # the reference writes checkpoints too:
+    reference = run_ok([*script_argv, *denoise, str(reference_dir)], LOADING_DIT)  # as long as a killed run
+    argv = [*script_argv, *denoise, str(work)]
     steps_before = []
     final, _, killed = kill_and_finish(argv, reference, lambda: steps_before.append(resumed_step(work)) or [], seed)
     assert killed >= 1
@@ -211,14 +229,14 @@ def staged_denoise(script_argv, encode_flags, tmp_path, seed):
 
 def test_the_denoise_stage_of_a_generation(ckpt, tmp_path):
     script = ["generate.py", "--task", "ti2v-5B", "--ckpt_dir", ckpt, "--device", "cpu"]
-    staged_denoise(script, ["--size", "64*64", "--frame_num", "9", "--sample_steps", "30", "--base_seed", "4",
+    staged_denoise(script, ["--size", "64*64", "--frame_num", "9", "--sample_steps", "150", "--base_seed", "4",
                             "--image", os.path.join(KITTEN, "edited_first_frame.png"), "--prompt", "a dog"],
                    tmp_path, SEED + 2)
 
 
 def test_the_denoise_stage_of_an_edit(ckpt, tmp_path):
     script = ["ti2v_inversion_edit.py", "--ckpt_dir", ckpt, "--device", "cpu", "--frame_num", "9",
-              "--inversion_steps", "15", "--generation_steps", "15", "--max_area", "4096"]
+              "--inversion_steps", "60", "--generation_steps", "60", "--max_area", "4096"]
     staged_denoise(script, ["--video", os.path.join(KITTEN, "source.mp4"), "--source_prompt", "a kitten",
                             "--target_prompt", "a dog", "--target_image",
                             os.path.join(KITTEN, "edited_first_frame.png")], tmp_path, SEED + 3)
@@ -235,7 +253,7 @@ def test_the_qwen_ttlg_editor(tmp_path_factory, tmp_path):
                 "--num_inference_steps", "3", "--condition_image_size", "56*56", "--vae_image_size", "64*64",
                 "--ttlg_last_steps", "2", "--ttlg_every", "1", "--seed", "3", "--dtype", "fp32", "--device", "cpu"]
 
-    reference = run_ok(argv(tmp_path / "reference"))
+    reference = run_ok(argv(tmp_path / "reference"), LOADING_QWEN)
     work = tmp_path / "killed"
     frames = [work / "styled_work" / "frames" / f"frame_{index:05d}.png" for index in range(5)]
 
