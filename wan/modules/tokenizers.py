@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from ..errors import CheckpointError
 
 CLEAN_MODES = (None, "whitespace")
+VOCABULARY_FILES = ("tokenizer.json", "spiece.model")
 _WHITESPACE_RUN = re.compile(r"\s+")
 
 
@@ -40,15 +41,27 @@ def clean_text(text, mode="whitespace"):
 
 def load_tokenizer(path, **kwargs):
     """AutoTokenizer from a local folder only: a missing folder is a checkpoint error, never a hub
-    lookup (a hub retry loop would stall for a minute before failing)."""
+    lookup (a hub retry loop would stall for a minute before failing).
+
+    The folder must hold a vocabulary (tokenizer.json or spiece.model) and the tokenizer must know
+    its padding token: without the vocabulary transformers builds an empty tokenizer that maps
+    every prompt to unknown tokens, and without tokenizer_config.json it has no padding token;
+    both would run and produce garbage instead of failing."""
     if not os.path.isdir(path):
         raise CheckpointError(f"T5 tokenizer folder not found: {path}")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in VOCABULARY_FILES):
+        raise CheckpointError(f"T5 tokenizer folder {path} holds no vocabulary: expected "
+                              f"{' or '.join(VOCABULARY_FILES)}")
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
     except Exception as exc:  # unreadable or incomplete tokenizer files
-        raise CheckpointError(
-            f"T5 tokenizer folder {path} could not be loaded: {exc.__class__.__name__}: {exc}"
-        ) from None
+        message = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"T5 tokenizer folder {path} could not be loaded: {exc.__class__.__name__}: "
+                              f"{message}") from None
+    if tokenizer.pad_token is None:
+        raise CheckpointError(f"T5 tokenizer folder {path} defines no padding token: expected "
+                              "tokenizer_config.json (or special_tokens_map.json) naming pad_token")
+    return tokenizer
 
 
 class HuggingfaceTokenizer:

@@ -1,4 +1,5 @@
-"""Small helpers with the official Wan2.2 names: best_output_size, masks_like, save_video, str2bool.
+"""Small helpers with the official Wan2.2 names: best_output_size, masks_like, save_video, str2bool;
+and set_deterministic, for GPU runs that repeat bit for bit.
 
 Call conventions follow Wan2.2's `wan/utils/utils.py`, so scripts
 written against the official codebase keep working. Differences, all deliberate: save_video needs no
@@ -105,9 +106,11 @@ def _video_to_uint8_frames(tensor, nrow, normalize, value_range):
 
 def save_video(tensor, save_file=None, fps=30, suffix=".mp4", nrow=8, normalize=True, value_range=(-1, 1),
                crf=REFERENCE_CRF):
-    """Write a [B, C, T, H, W] video tensor (values in `value_range`) as an H.264 mp4; return the path.
+    """Write a [B, C, T, H, W] video tensor (values in `value_range`) to `save_file`; return the path.
 
-    `tensor` may also be an iterable of such tensors, consecutive pieces of one video along T (a
+    The format follows the extension (wan.utils.video_io.write_video): H.264 .mp4 as the reference
+    writes, or .webm, .gif, a folder of PNG frames (a path ending in /), or for one frame a .png or
+    .jpg image. `tensor` may also be an iterable of such tensors, consecutive pieces of one video along T (a
     chunked VAE decode, say): each piece is encoded while the next one is produced. With B > 1 each
     frame is a grid of the batch, `nrow` per row. Without `save_file` a fresh name in the temp
     folder is used. The file appears only when complete; errors are raised, not logged.
@@ -124,6 +127,20 @@ def save_video(tensor, save_file=None, fps=30, suffix=".mp4", nrow=8, normalize=
 
     write_video_streamed(frame_batches(), save_file, fps=fps, crf=crf)
     return save_file
+
+
+def set_deterministic():
+    """Make GPU runs repeat bit for bit, at some cost in speed (CPU runs already do; see
+    docs/RELIABILITY.md). Call it before any CUDA work: cuBLAS reads its workspace setting when
+    its first handle is made. Sets: CUBLAS_WORKSPACE_CONFIG=:4096:8 (cuBLAS then picks the same
+    split of a reduction every time; a value the user set is kept), deterministic algorithms in
+    torch (warn_only: an operation without a deterministic kernel warns instead of failing), and
+    cuDNN without benchmarking (which picks convolution algorithms by timing) and with its
+    deterministic algorithms only."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def str2bool(value):

@@ -6,12 +6,16 @@ Conventions:
 - Reading tries decord (fastest) and falls back to PyAV when decord is missing or fails. Any
   pixel format comes back as RGB8. Anything that is not a readable video raises WanInputError
   with a one-line message naming the file.
-- Writing is H.264 (libx264, yuv420p) through PyAV, to a temporary name in the target folder that
-  is renamed when complete, so an interrupted run never leaves a truncated file behind. yuv420p
-  needs even sizes: an odd width or height is padded by one replicated row/column.
+- Writing picks the format from the output path (`check_output_path` refuses anything else before
+  a model loads): H.264 .mp4 or VP9 .webm (yuv420p through PyAV; yuv420p needs even sizes, so an
+  odd width or height is padded by one replicated row/column), .gif, a folder of PNG frames (a
+  path ending in /), or for a single frame a .png/.jpg image. Everything is written to a
+  temporary name beside the output and renamed when complete (wan.utils.fileio.atomic_path), so an
+  interrupted run never leaves a truncated file under the output's name.
 - Images load as PIL RGB: transparency is composited onto white, 16-bit greyscale is scaled to
   8 bits, CMYK/palette/greyscale are converted, and the EXIF orientation is applied.
 """
+import os
 import queue
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -24,13 +28,9 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import WanInputError
-from .fileio import atomic_path  # noqa: F401  (re-exported for writers of media files)
+from .fileio import OutputError, atomic_path
 
 DEFAULT_CRF = 18
-
-
-# --------------------------------------------------------------------------------------------
-# atomic output
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def _one_line(exc):
     """An exception as one short line: FFmpeg's reason without its errno, decord's without its log prefix."""
     text = getattr(exc, "strerror", None) or str(exc)
     text = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", " ".join(text.split()))
-    return text or type(exc).__name__
+    return text[:200] or type(exc).__name__
 
 
 def _open_video_stream(container, path):
@@ -72,13 +72,17 @@ def _stream_fps(stream, path):
     return float(rate)
 
 
-def _decode_frames(container, stream, max_frames):
+def _decode_frames(container, stream, max_frames, path):
     """Decoded RGB frames and the number of non-empty packets the demuxer delivered."""
     frames, packets = [], 0
     for packet in container.demux(stream):
         packets += packet.size > 0
         for frame in packet.decode():
             frames.append(frame.to_ndarray(format="rgb24"))
+            if frames[-1].shape != frames[0].shape:  # e.g. two streams of other sizes pasted together
+                raise WanInputError(f"video changes size mid-stream: {path} frame {len(frames) - 1} is "
+                                    f"{frames[-1].shape[1]}x{frames[-1].shape[0]}, frame 0 is "
+                                    f"{frames[0].shape[1]}x{frames[0].shape[0]}")
             if max_frames is not None and len(frames) >= max_frames:
                 return frames, packets
     return frames, packets
@@ -90,7 +94,7 @@ def _read_pyav(path, max_frames):
             stream = _open_video_stream(container, path)
             stream.thread_type = "AUTO"
             fps = _stream_fps(stream, path)
-            frames, packets = _decode_frames(container, stream, max_frames)
+            frames, packets = _decode_frames(container, stream, max_frames, path)
             declared = stream.frames
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         if isinstance(exc, WanInputError):
@@ -112,11 +116,14 @@ def _read_decord(path, max_frames):
 
     # decord's demuxer would also take a PNG for a video; let PyAV's checks decide what a video is.
     with av.open(str(path)) as container:
-        _open_video_stream(container, path)
+        declared = _open_video_stream(container, path).frames
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
     count = len(reader) if max_frames is None else min(len(reader), max_frames)
     if count == 0:
         raise WanInputError(f"video has no decodable frames: {path}")
+    if max_frames is None and len(reader) < declared:  # as the PyAV reader decides (see _read_pyav)
+        raise WanInputError(f"video is truncated or corrupt: {path} declares {declared} frames, "
+                            f"the file holds {len(reader)}")
     frames = reader.get_batch(list(range(count))).asnumpy()
     return frames, float(reader.get_avg_fps())
 
@@ -197,6 +204,82 @@ def frames_4n1(num_frames):
 # --------------------------------------------------------------------------------------------
 # writing video
 
+VIDEO_CODECS = {".mp4": ("mp4", "libx264"), ".webm": ("webm", "libvpx-vp9")}
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+FRAME_FILE = "frame_{:05d}.png"  # the files of a PNG-frames output folder
+FRAME_FILES = re.compile(r"^frame_\d{5}\.png$")
+ACCEPTED_OUTPUTS = (".mp4 (H.264), .webm (VP9), .gif, a folder path ending in / (PNG frames), or for a "
+                    "single frame .png, .jpg, .jpeg")
+JPEG_QUALITY = 95
+
+
+def output_kind(path):
+    """What a path asks to be written as: "mp4", "webm", "gif", "image" or "frames" (a folder of
+    PNGs, named by a path that ends in a slash). Anything else is a one-line WanInputError."""
+    text = str(path)
+    if text.endswith(("/", os.sep)):
+        return "frames"
+    suffix = os.path.splitext(text)[1].lower()
+    if suffix in VIDEO_CODECS or suffix == ".gif":
+        return suffix[1:]
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    raise WanInputError(f"cannot write {path}: {f'{suffix!r} is not' if suffix else 'no extension, so not'} an "
+                        f"output type this toolkit writes; accepted: {ACCEPTED_OUTPUTS}")
+
+
+def check_output_path(path, num_frames=None):
+    """Refuse, before any model loads, an output this toolkit cannot write: an unknown extension,
+    an image path for a video of more than one frame (`num_frames`), a folder in the way of a file
+    (or a file, or a folder of other files, in the way of a PNG-frames folder), or a folder that
+    cannot be created or written. Returns the output kind (see output_kind)."""
+    kind = output_kind(path)
+    if kind == "image" and num_frames is not None and num_frames > 1:
+        raise WanInputError(f"cannot write {path}: an image path holds one frame, this run makes {num_frames}; "
+                            "write a video (.mp4, .webm, .gif) or PNG frames (a folder path ending in /)")
+    target = Path(str(path).rstrip("/" + os.sep) or ".")
+    if kind == "frames":
+        if target.exists() and not target.is_dir():
+            raise OutputError(f"cannot write PNG frames into {path}: it is a file")
+        if target.is_dir():
+            others = [entry.name for entry in os.scandir(target) if not FRAME_FILES.match(entry.name)]
+            if others:
+                raise OutputError(f"cannot write PNG frames into {path}: the folder holds other files "
+                                  f"({', '.join(sorted(others)[:3])}); give a new or empty folder")
+    elif target.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    _check_writable(target.parent, path)
+    return kind
+
+
+def _check_writable(folder, path):
+    """The nearest existing ancestor of `folder` must be a folder we can write into."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: no permission to write in {existing}")
+
+
+def output_stem(path):
+    """The output path without its extension (or trailing slash): where files written beside it go."""
+    return os.path.splitext(str(path).rstrip("/" + os.sep))[0]
+
+
+def probe_output(path):
+    """(num_frames, fps or None, width, height) of anything write_video wrote."""
+    kind = output_kind(path)
+    if kind == "frames":
+        files = sorted(p for p in Path(path).iterdir() if FRAME_FILES.match(p.name))
+        if not files:
+            raise WanInputError(f"no {FRAME_FILE.format(0)}... frames in {path}")
+        return (len(files), None, *load_image(files[0]).size)
+    if kind == "image":
+        return (1, None, *load_image(path).size)
+    return probe_video(path)
+
 
 def _as_uint8_frame(frame, index):
     if isinstance(frame, torch.Tensor):
@@ -207,6 +290,20 @@ def _as_uint8_frame(frame, index):
     return frame
 
 
+def _checked_frames(frames, path):
+    """(index, uint8 [H, W, 3] frame) of every frame, all of one size; at least one."""
+    size = None
+    for index, frame in enumerate(frames):
+        frame = _as_uint8_frame(frame, index)
+        if size is None:
+            size = frame.shape[:2]
+        elif frame.shape[:2] != size:
+            raise ValueError(f"frame {index} is {list(frame.shape[:2])}, earlier frames are {list(size)}")
+        yield index, frame
+    if size is None:
+        raise ValueError(f"no frames to write to {path}")
+
+
 def _pad_to_even(frame):
     """yuv420p halves the chroma planes, so both sizes must be even: replicate the last row/column."""
     pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
@@ -215,44 +312,88 @@ def _pad_to_even(frame):
     return np.ascontiguousarray(frame)
 
 
-def write_video(frames, path, fps, crf=DEFAULT_CRF):
-    """Encode RGB uint8 frames ([F, H, W, 3] tensor/array, or an iterable of [H, W, 3]) as H.264 mp4.
+def _codec_options(codec, crf):
+    if codec == "libx264":
+        return {"crf": str(crf)}
+    # libvpx: constant quality needs a zero target bit rate. cpu-used 4 with row threads: 0.33 s for
+    # 16 frames at 256x256 on 2 cores, against 1.1 s with libvpx's default effort (H.264: 0.1 s).
+    return {"crf": str(crf), "b": "0", "row-mt": "1", "cpu-used": "4", "deadline": "good"}
 
-    libx264, yuv420p, constant quality `crf` (0 lossless .. 51 worst). Odd sizes are padded to
-    even by replicating the last row/column. The file appears at `path` only when complete.
-    """
+
+def _encode(frames, temp, path, rate, suffix, crf):
+    """H.264 in mp4 or VP9 in webm, yuv420p."""
+    container_format, codec = VIDEO_CODECS[suffix]
+    # bitexact: no random track ids (Matroska) or library version strings, so the same frames give
+    # the same file.
+    with av.open(str(temp), mode="w", format=container_format, container_options={"fflags": "+bitexact"}) \
+            as container:
+        stream = None
+        for index, frame in _checked_frames(frames, path):
+            frame = _pad_to_even(frame)
+            if stream is None:
+                stream = container.add_stream(codec, rate=rate)
+                stream.height, stream.width = frame.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                # x264 picks its thread count (one thread took 35 s for 121 frames at 1280x704
+                # on the H200 host). Frame threads, not PyAV's default slice threads: 4.7 s
+                # instead of 6.1 s for those frames as noise, 1.4 instead of 1.9 s for smooth
+                # ones (16 cores). x264's output depends on its thread count (so on the machine's
+                # core count) but not on timing: the same frames give the same file on one machine.
+                stream.codec_context.thread_type = "FRAME"
+                stream.options = _codec_options(codec, crf)
+            # Convert to yuv420p here and stamp the frame: with PyAV's implicit conversion and no
+            # timestamps, the same frames gave different files from run to run.
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+            video_frame.pts, video_frame.time_base = index, 1 / rate
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode(None))
+
+
+def _write_gif(frames, temp, path, rate):
+    """An endlessly looping GIF, each frame with its own 256-colour palette (PIL's median cut).
+    GIF stores delays in hundredths of a second, so 16 fps plays at 1 / 0.06 s = 16.7 fps."""
+    images = [Image.fromarray(frame) for _, frame in _checked_frames(frames, path)]
+    images[0].save(temp, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                   duration=round(1000 / float(rate)))
+
+
+def _write_image(frames, temp, path):
+    image_format = IMAGE_SUFFIXES[Path(path).suffix.lower()]
+    for index, frame in _checked_frames(frames, path):
+        if index:
+            raise WanInputError(f"cannot write {path}: an image path holds one frame and this video has more; "
+                                "write a video (.mp4, .webm, .gif) or PNG frames (a folder path ending in /)")
+        options = {"quality": JPEG_QUALITY} if image_format == "JPEG" else {}
+        Image.fromarray(frame).save(temp, format=image_format, **options)
+
+
+def _write_frame_folder(frames, temp, path):
+    temp.mkdir()
+    for index, frame in _checked_frames(frames, path):
+        Image.fromarray(frame).save(temp / FRAME_FILE.format(index), format="PNG")
+
+
+def write_video(frames, path, fps, crf=DEFAULT_CRF):
+    """Write RGB uint8 frames ([F, H, W, 3] tensor/array, or an iterable of [H, W, 3]) to `path`,
+    in the format its extension names (see output_kind): H.264 mp4 or VP9 webm (yuv420p, constant
+    quality `crf` on the encoder's own scale, odd sizes padded to even by replicating the last
+    row/column), GIF, a folder of PNG frames, or one frame as a PNG/JPEG image. The file (or
+    folder) appears at `path` only when complete, replacing any earlier one."""
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
+    kind = check_output_path(path)
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
     rate = Fraction(fps).limit_denominator(10000)
     with atomic_path(path) as temp:
-        with av.open(str(temp), mode="w") as container:
-            stream = None
-            for index, frame in enumerate(frames):
-                frame = _pad_to_even(_as_uint8_frame(frame, index))
-                if stream is None:
-                    stream = container.add_stream("libx264", rate=rate)
-                    stream.height, stream.width = frame.shape[:2]
-                    stream.pix_fmt = "yuv420p"
-                    # x264 picks its thread count (one thread took 35 s for 121 frames at 1280x704
-                    # on the H200 host). Frame threads, not PyAV's default slice threads: 4.7 s
-                    # instead of 6.1 s for those frames as noise, 1.4 instead of 1.9 s for smooth
-                    # ones (16 cores). Threaded encodes of the same frames may differ in a few
-                    # pixels from run to run; the tests compare frames, not bytes.
-                    stream.codec_context.thread_type = "FRAME"
-                    stream.options = {"crf": str(crf)}
-                elif frame.shape[:2] != (stream.height, stream.width):
-                    raise ValueError(f"frame {index} is {list(frame.shape[:2])}, earlier frames are "
-                                     f"{[stream.height, stream.width]}")
-                # Convert to yuv420p here and stamp the frame: with PyAV's implicit conversion and no
-                # timestamps, the same frames gave different files from run to run.
-                video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
-                video_frame.pts, video_frame.time_base = index, 1 / rate
-                container.mux(stream.encode(video_frame))
-            if stream is None:
-                raise ValueError(f"no frames to write to {path}")
-            container.mux(stream.encode(None))
+        if kind in ("mp4", "webm"):
+            _encode(frames, temp, path, rate, f".{kind}", crf)
+        elif kind == "gif":
+            _write_gif(frames, temp, path, rate)
+        elif kind == "image":
+            _write_image(frames, temp, path)
+        else:
+            _write_frame_folder(frames, temp, path)
     return str(path)
 
 
