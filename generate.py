@@ -21,7 +21,7 @@ from wan.modules.vlm import DEFAULT_CAPTIONER
 from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError
 from wan.tasks.prompt_extension import extend_prompt
 from wan.utils.fileio import write_json_atomic
-from wan.utils.video_io import load_image, probe_video
+from wan.utils.video_io import check_output_path, load_image, probe_output, probe_video
 
 log = logging.getLogger("generate")
 
@@ -148,6 +148,8 @@ def main(argv=None):
              generation.frame_num, generation.sampling.steps, generation.sampling.solver, generation.sampling.shift,
              generation.sampling.guide_scale)
     output = settings["save_file"] or default_save_file(generation)
+    if stage in ("all", "decode"):
+        check_output_path(output, generation.frame_num)  # before any model loads
     report = None if settings["report"] is None else check_report_path(default_report_path(output, settings["report"]))
     timer = StageTimer(load.device)
     with timer.stage("load"):
@@ -167,7 +169,8 @@ def main(argv=None):
                          prompts={"prompt": generation.prompt, **(notes or {})}, images=inputs)
         log.info("report: %s", report)
     if written:
-        log.info("saved %s", written)
+        frames, fps, width, height = probe_output(written)
+        log.info("saved %s (%d frames, %dx%d%s)", written, frames, width, height, f", {fps:g} fps" if fps else "")
     return written
 
 

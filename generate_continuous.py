@@ -69,6 +69,8 @@ def check(settings):
     if not settings.get("video"):
         raise SettingsError("video", "is required")
     check_checkpoint(settings)
+    if not settings["load"].get("vlm_path"):
+        raise SettingsError("load.vlm_path", "is required: the captioner writes every video's prompt")
     local_folder(settings["load"]["vlm_path"], "captioner")  # before anything loads
     probe_video(settings["video"])  # a missing or unreadable video fails before any model loads
     return Generation.from_dict({name: settings.get(name) for name in GENERATION_FIELDS}), \

@@ -34,6 +34,7 @@ import torch
 from wan.errors import WanInputError
 from wan.cli import ArgumentParser, parse_with_config, run_cli, setup_logging
 from wan.utils.fileio import write_yaml_atomic
+from wan.utils.video_io import check_output_path
 from wan.settings import size
 
 COMMANDS = ("extract", "edit", "assemble", "video")
@@ -270,6 +271,7 @@ def _resolved(args):
 def run_assemble(args):
     from wan.qwen_edit import assemble
 
+    check_output_path(args.output)
     assemble(args.frames_dir, args.output, args.fps)
 
 
@@ -280,8 +282,7 @@ def run_video(args):
 
     model_id = _model_id(args)
     output = Path(args.output)
-    if output.suffix.lower() != ".mp4":
-        raise WanInputError(f"--output must be an .mp4 file, got {args.output}")
+    check_output_path(args.output)
     report = _report_path(args.report, output.parent / REPORT_NAME)
     timer = StageTimer(args.device)
     guidance = _guidance(args)

@@ -21,7 +21,7 @@ from wan.report.runs import default_report_path, video_psnr, write_run_report
 from wan.settings import INVERSION_SCHEMES, SOLVERS, EditSettings, LoadOptions, SettingsError
 from wan.tasks import get_task
 from wan.tasks.edit import EditRequest, load_source
-from wan.utils.video_io import read_video
+from wan.utils.video_io import check_output_path, read_video
 
 log = logging.getLogger("ti2v_inversion_edit")
 
@@ -63,7 +63,8 @@ OPTIONS = [
     *stage_options(),
 ]
 DEFAULTS = {"ckpt_dir": None, "seed": 42, "save_inversion": None, "load_inversion": None, "comparison": False,
-            "manifest": None, "report": None, "load": {"offload_model": False}, **EditSettings().to_dict(), **STAGE_DEFAULTS}
+            "manifest": None, "report": None, "load": {"offload_model": False}, **EditSettings().to_dict(),
+            **STAGE_DEFAULTS}
 REQUEST_FIELDS = tuple(EditRequest().to_dict())
 SETTINGS_FIELDS = tuple(EditSettings().to_dict())
 STAGE_FIELDS = {"all": REQUEST_FIELDS[:3] + ("output",), "encode": REQUEST_FIELDS[:3], "denoise": (),
@@ -80,18 +81,23 @@ def requests_from(settings):
     if not os.path.isfile(path):
         raise SettingsError("manifest", f"file not found: {path}")
     requests = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                request = EditRequest.from_dict(json.loads(line))
-                request.require("video", "source_prompt", "target_prompt", "output")
-            except json.JSONDecodeError as exc:
-                raise SettingsError("manifest", f"{path} line {number}: not JSON ({exc.msg})") from None
-            except SettingsError as err:
-                raise SettingsError("manifest", f"{path} line {number}: {err}") from None
-            requests.append(request)
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            lines = f.readlines()
+        except UnicodeDecodeError as exc:
+            raise SettingsError("manifest", f"{path} is not UTF-8 text (byte {exc.start}): one JSON object per "
+                                            "line expected") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            request = EditRequest.from_dict(json.loads(line))
+            request.require("video", "source_prompt", "target_prompt", "output")
+        except json.JSONDecodeError as exc:
+            raise SettingsError("manifest", f"{path} line {number}: not JSON ({exc.msg})") from None
+        except SettingsError as err:
+            raise SettingsError("manifest", f"{path} line {number}: {err}") from None
+        requests.append(request)
     if not requests:
         raise SettingsError("manifest", f"{path} lists no edits")
     return requests
@@ -129,9 +135,11 @@ def main(argv=None):
     if not pending:
         return []
     stage = settings["stage"]
-    if stage in ("all", "encode"):
-        for request in pending:
+    for request in pending:
+        if stage in ("all", "encode"):
             request.check_files()
+        if stage in ("all", "decode"):
+            check_output_path(request.output, edit_settings.frame_num)
     task = get_task("ti2v-5B")
     timer = StageTimer(load.device)
     with timer.stage("load"):

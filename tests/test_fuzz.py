@@ -325,9 +325,6 @@ def test_job_files_with_mutated_headers_never_crash(job_files, kind, choice, val
     load_outcome(path, kind, check=False)
 
 
-@pytest.mark.xfail(strict=True, reason="wan.jobs bug: from_tensors takes header values as they come (seq_len, "
-                                       "start, record, sigma, settings may be null or of any type), so a damaged "
-                                       "stage file loads and fails later, deep in the runner")
 @FUZZ
 @given(**header_mutations)
 def test_job_files_with_mutated_headers_load_usable_values(job_files, kind, choice, value, drop_tensor,

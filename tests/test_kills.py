@@ -279,9 +279,6 @@ class Killed(BaseException):
     handler of the code under test catches it)."""
 
 
-@pytest.mark.xfail(strict=True, reason="wan.runner bug: the denoise stage removes its checkpoint "
-                                       "(Checkpointing.done) before writing the latent file; a kill in between "
-                                       "loses the whole denoise. Write the latent first, then remove the checkpoint")
 def test_a_kill_while_the_latent_is_written_keeps_the_checkpoint(ckpt, tmp_path, monkeypatch):
     from wan import runner, tasks
     from wan.configs import WAN_CONFIGS
@@ -306,10 +303,6 @@ def test_a_kill_while_the_latent_is_written_keeps_the_checkpoint(ckpt, tmp_path,
     assert (tmp_path / CHECKPOINT).exists()  # step 2 of 3 is still there to resume from
 
 
-@pytest.mark.xfail(strict=True, reason="ti2v_inversion_edit.py / wan.runner bug: a manifest edit counts as done "
-                                       "when its video exists, but OUTPUT.settings.yaml is written after the video; "
-                                       "a kill in between leaves the edit without its settings for good. Write the "
-                                       "settings first (or treat a video without them as unfinished)")
 def test_a_kill_between_an_edit_and_its_settings(ckpt, tmp_path, monkeypatch):
     import ti2v_inversion_edit
     from wan import runner

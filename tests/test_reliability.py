@@ -1,9 +1,6 @@
 """Reliability (issue 21): outputs are whole or absent, the same seed gives the same bits across
 processes, corrupt and hostile inputs end in one line naming the file, nothing reaches the network
 and no loader unpickles code. What happens for each input tried is tabled in docs/RELIABILITY.md.
-
-Tests marked xfail(strict) show a bug outside wan/utils that the reason names; they start passing
-(and then fail as XPASS, to be unmarked) once it is fixed.
 """
 import contextlib
 import errno
@@ -172,8 +169,6 @@ def test_one_frame_runs_write_an_image_or_a_one_frame_video(models, tmp_path):
     assert probe_video(str(tmp_path / "still.mp4")) == (1, 24.0, 64, 64)  # TI2V-5B writes 24 fps
 
 
-@pytest.mark.xfail(strict=True, reason="generate.py bug: after writing it probes the output with probe_video, "
-                                       "which refuses an image: log with wan.utils.video_io.probe_output instead")
 def test_generate_py_one_frame_to_png(ckpt, tmp_path):
     result = run_script("generate.py", "--task", "ti2v-5B", "--ckpt_dir", ckpt, "--device", "cpu", "--size", "64*64",
                         "--frame_num", "1", "--sample_steps", "1", "--prompt", "a dog",
@@ -182,9 +177,6 @@ def test_generate_py_one_frame_to_png(ckpt, tmp_path):
     assert Image.open(tmp_path / "still.png").size == (64, 64)
 
 
-@pytest.mark.xfail(strict=True, reason="the scripts do not call wan.utils.video_io.check_output_path before "
-                                       "loading models (generate.py --save_file, ti2v_inversion_edit.py --output "
-                                       "and manifest outputs)")
 @pytest.mark.parametrize("script", ["generate.py", "ti2v_inversion_edit.py"])
 def test_scripts_refuse_an_unknown_output_type_before_loading_models(ckpt, tmp_path, script):
     output = str(tmp_path / "clip.avi")
@@ -289,10 +281,6 @@ def test_safetensors_files_are_the_same_bytes_in_two_processes(tmp_path):
     assert all(other == first for other in others)
 
 
-@pytest.mark.xfail(strict=True, reason="wan.jobs bug: write() calls safetensors' save_file, which orders the "
-                                       "metadata keys by a per-process random hash: job, latent and checkpoint "
-                                       "files differ in bytes from run to run; use "
-                                       "wan.utils.fileio.save_safetensors_atomic")
 def test_job_files_are_the_same_bytes_in_two_processes(tmp_path):
     first, *others = write_in_two_processes(tmp_path, "jobs")
     assert all(other == first for other in others)
@@ -653,10 +641,6 @@ def test_config_json_helpers_name_the_field(tmp_path):
         read_json(path, "DiT config")
 
 
-@pytest.mark.xfail(strict=True, reason="wan.modules.model bug: WanModel.from_pretrained reads config.json with a "
-                                       "bare json.load and passes the values unchecked (a traceback for bad JSON, "
-                                       "a list, or a string/float where an int belongs); use "
-                                       "wan.utils.checkpoint.read_json and check_config")
 @pytest.mark.parametrize("config_text", ['{"dim": "32"}', '{"num_layers": 2.5}', '{"eps": "tiny"}', "[1, 2]", "{"])
 def test_a_config_json_with_wrong_types_ends_in_one_line(ckpt, tmp_path, capsys, config_text):
     folder = str(tmp_path / "ckpt")
@@ -750,9 +734,6 @@ def test_hostile_images_end_in_one_line_before_models_load(ckpt, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="wan.qwen_edit.frames bug: image_size catches OSError/ValueError but not "
-                                       "PIL's DecompressionBombError (an Exception): a bomb-sized edge frame or "
-                                       "init frame is a traceback")
 def test_qwen_editor_refuses_a_bomb_sized_frame_in_one_line(tmp_path):
     from wan.qwen_edit.frames import image_size
 
@@ -778,8 +759,6 @@ def test_a_manifest_line_with_wrong_types(ckpt, tmp_path, capsys, line, message)
     assert sorted(os.listdir(tmp_path)) == ["edits.jsonl"]  # refused before the first edit ran
 
 
-@pytest.mark.xfail(strict=True, reason="ti2v_inversion_edit.py bug: requests_from opens the manifest as text without "
-                                       "catching UnicodeDecodeError: a binary or non-UTF-8 manifest is a traceback")
 def test_a_manifest_that_is_not_utf8(ckpt, tmp_path, capsys):
     manifest = tmp_path / "edits.jsonl"
     manifest.write_bytes(b"\xff\xfe{\x00}")
@@ -787,8 +766,6 @@ def test_a_manifest_that_is_not_utf8(ckpt, tmp_path, capsys):
     assert_one_line_error(code, err, str(manifest))
 
 
-@pytest.mark.xfail(strict=True, reason="wan.jobs bug: read() formats its 'another model' error with "
-                                       "meta['fingerprint'], a KeyError when the metadata has no fingerprint")
 def test_a_job_file_without_a_fingerprint(tmp_path):
     from safetensors.torch import save_file
 

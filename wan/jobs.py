@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from . import flow
 from .errors import WanInputError
 from .settings import InversionSettings, Sampling
-from .utils.fileio import atomic_path
+from .utils.fileio import save_safetensors_atomic
 
 FORMAT = "wan-job/2"
 KINDS = ("generation", "edit", "inversion", "latent", "checkpoint")
@@ -191,9 +190,8 @@ def from_tensors(kind, tensors, header, patch_size=(1, 2, 2)):
 def write(path, kind, tensors, header, fingerprint=None):
     """Atomically write `tensors` (as fp32 for float tensors) with a header that names `kind`."""
     tensors = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"format": FORMAT, "kind": kind, "fingerprint": fingerprint or "", "header": json.dumps(header)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    meta = {"format": FORMAT, "kind": kind, "fingerprint": fingerprint or "", "header": json.dumps(header, sort_keys=True)}
+    save_safetensors_atomic(tensors, path, meta)
 
 
 def read(path, kind, fingerprint=None):
@@ -213,7 +211,7 @@ def read(path, kind, fingerprint=None):
         found = KIND_NAMES.get(meta.get("kind"), repr(meta.get("kind")))
         raise WanInputError(f"{path} holds {found}, but this step needs {KIND_NAMES[kind]}")
     if fingerprint is not None and meta.get("fingerprint") not in ("", fingerprint):
-        raise WanInputError(f"{path} was made with another model (fingerprint {meta['fingerprint']}, this "
+        raise WanInputError(f"{path} was made with another model (fingerprint {meta.get('fingerprint')}, this "
                             f"checkpoint is {fingerprint})")
     try:
         return tensors, json.loads(meta["header"])
@@ -229,6 +227,37 @@ def save(path, kind, value, fingerprint=None):
 def load(path, kind, fingerprint=None, patch_size=(1, 2, 2)):
     tensors, header = read(path, kind, fingerprint)
     try:
+        check_header(kind, header)
         return from_tensors(kind, tensors, header, patch_size)
-    except (KeyError, TypeError) as exc:
-        raise WanInputError(f"{path}: a {kind} file without its {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WanInputError(f"{path}: a damaged {kind} file ({exc.__class__.__name__}: {exc})") from None
+
+
+# The types of a job file's header values: wrong ones mean a damaged file, refused on load.
+_JOB_TYPES = {"condition": str, "seq_len": int, "start": int, "record": dict, "sampling": dict, "inversion": dict,
+              "shift": (int, float), "exact_timesteps": bool}
+_HEADER_TYPES = {"inversion": {"sigma": (int, float), "source": dict, "settings": dict},
+                 "edit": {"inversion": dict, "generation": dict, "source": dict}}
+
+
+def check_header(kind, header):
+    """TypeError / ValueError naming the first header value of the wrong type."""
+    if not isinstance(header, dict):
+        raise TypeError(f"the header is a {type(header).__name__}, not a mapping")
+    if kind == "generation":
+        _check_types(header, _JOB_TYPES, "")
+    elif kind == "edit":
+        _check_types(header, _HEADER_TYPES["edit"], "")
+        _check_types(header["inversion"], _JOB_TYPES, "inversion.")
+        _check_types(header["generation"], _JOB_TYPES, "generation.")
+    elif kind == "inversion":
+        _check_types(header, _HEADER_TYPES["inversion"], "")
+
+
+def _check_types(values, types, prefix):
+    for name, kind in types.items():
+        if name in values and (not isinstance(values[name], kind) or isinstance(values[name], bool) and kind is int):
+            raise TypeError(f"{prefix}{name} is {values[name]!r}")
+    for name in ("seq_len", "start"):
+        if name in values and values[name] < 0:
+            raise ValueError(f"{prefix}{name} is {values[name]}")

@@ -8,6 +8,7 @@
   gets the resolved settings written beside it, so the run can be repeated exactly.
 - `run_chain` makes a long video from continuations, resuming after the last finished one.
 """
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from .tasks.continuation import (PROMPTS_LOG, STITCHED_VIDEO, finished_videos, s
 from .tasks.edit import inversion_result, load_source, write_comparison
 from .utils.fileio import write_yaml_atomic
 from .utils.utils import save_video
-from .utils.video_io import probe_video, write_video
+from .utils.video_io import output_stem, probe_video, write_video
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +193,20 @@ def job_key(kind, job):
     return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_settings(output, resolved):
-    """`OUTPUT.settings.yaml`: everything needed to repeat the run (give it back with --config)."""
+@contextlib.contextmanager
+def settings_beside(output, resolved):
+    """`OUTPUT.settings.yaml` (everything needed to repeat the run; give it back with --config), written
+    before the output inside: a finished output always has its settings (a kill in between cannot
+    leave it without), and a failed one leaves neither."""
+    path = f"{output_stem(output)}.settings.yaml"
     if resolved is not None:
-        write_yaml_atomic(f"{os.path.splitext(output)[0]}.settings.yaml", resolved)
+        write_yaml_atomic(path, resolved)
+    try:
+        yield
+    except BaseException:
+        if resolved is not None and os.path.exists(path):
+            os.remove(path)
+        raise
 
 
 def generate(models, generation, output, stage="all", stage_dir=None, save_every=0, stop_after=None,
@@ -225,10 +236,10 @@ def generate(models, generation, output, stage="all", stage_dir=None, save_every
         except StopRequested as stop:
             log.info("stopped after %s; run the denoise stage again to resume", stop)
             return None
-        checkpointing.done()
-        if models.layout.writes_outputs:
+        if models.layout.writes_outputs:  # the latent first: a kill in between keeps the checkpoint
             jobs.write(latent_file, "latent", {"latent": latent}, {"record": job.record}, models.fingerprint)
             log.info("denoised to %s; next: the decode stage", latent_file)
+        checkpointing.done()
         return None
     if stage == "all":
         with timer.stage("denoise"):
@@ -239,9 +250,8 @@ def generate(models, generation, output, stage="all", stage_dir=None, save_every
         check_agrees(record, requested or {}, latent_file, ignore=OUTPUT_ONLY)
     if not models.layout.writes_outputs:
         return None
-    with timer.stage("decode and write"):
+    with settings_beside(output, resolved), timer.stage("decode and write"):
         runner.write_video(latent, output, (requested or {}).get("fps") or record["fps"])
-    write_settings(output, resolved)
     return output
 
 
@@ -275,12 +285,12 @@ def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, s
             log.info("stopped after %s; run the denoise stage again to resume", stop)
             return None
         if checkpointing is not None:
-            checkpointing.done()
-            if models.layout.writes_outputs:
+            if models.layout.writes_outputs:  # the latent first: a kill in between keeps the checkpoint
                 jobs.write(latent_file, "latent", {"latent": latent, "target_frame": edit_job.target_frame},
                            {"record": edit_job.generation.record, "source": edit_job.source.identity()},
                            models.fingerprint)
                 log.info("denoised to %s; next: the decode stage", latent_file)
+            checkpointing.done()
             return None
         record, source, target = edit_job.generation.record, edit_job.source, edit_job.target_frame
         source_fps = source.fps
@@ -294,9 +304,8 @@ def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, s
     output = request.output or record["output"]
     if comparison and source is None:  # a decode stage in its own process reads the clip again
         source = load_source(models.config, record["video"], record["frame_num"], record["max_area"])
-    with timer.stage("decode and write"):
+    with settings_beside(output, resolved), timer.stage("decode and write"):
         runner.write_edit(latent, output, settings.fps or source_fps, source.frames if comparison else None, target)
-    write_settings(output, resolved)
     return output
 
 

@@ -1,6 +1,5 @@
 """Raw tensors of one checkpoint file or weights folder, whatever the container: safetensors
 (with its metadata), a torch `.pth` (weights_only), GGUF, or a folder of (sharded) safetensors."""
-import json
 import os
 
 from safetensors import safe_open
@@ -62,12 +61,3 @@ def read_weights_folder(folder, what):
             return load_safetensors_dir(folder, prefix=prefix, what=what)
     raise CheckpointError(f"{what}: no safetensors weights in {folder} "
                           f"(expected {' or '.join(p + '.safetensors' for p in SAFETENSORS_PREFIXES)} or an index)")
-
-
-def read_json(path, what):
-    require_file(path, what)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{what} {path} could not be read: {exc}") from None

@@ -23,7 +23,9 @@ from safetensors import safe_open
 
 from ..errors import CheckpointError
 from ..utils.hub import local_folder
-from .files import container_of, read_json
+from ..modules.model import CONFIG_TYPES
+from ..utils.checkpoint import check_config, read_json
+from .files import container_of
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ ROLE_HINTS = {"high": ("high_noise", "highnoise", "_high_", "-high-", "high-nois
 # Markers of parts inside an all-in-one ComfyUI checkpoint
 AIO_PARTS = {"vae": "vae.decoder.conv1.weight", "t5": "text_encoders.umt5xxl.transformer.shared.weight"}
 SPIECE_KEY = "spiece_model"
+DIT_CONFIG_TYPES = {**CONFIG_TYPES, "num_attention_heads": int}  # official names, and diffusers' head count
 
 
 @dataclass
@@ -200,6 +203,7 @@ def _official_dit(folder, role, parts):
         parts.missing["dit"] = problem
         return False
     config = read_json(config_path, "DiT config")
+    check_config(config, DIT_CONFIG_TYPES, config_path)
     layout = "diffusers" if config.get("_class_name") == "WanTransformer3DModel" else "official"
     parts.dit[role] = Part("DiT", folder, "folder", layout, role=role, config=config)
     return True

@@ -15,7 +15,6 @@ With `set_sequence_parallel(plan)` (wan.distributed.ulysses) the tokens are spli
 the patch embedding and self-attention goes through the plan's all-to-all; None (the default) runs
 everything in this process.
 """
-import json
 import math
 import os
 
@@ -24,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from ..utils.checkpoint import load_into, load_safetensors_dir, require_file, save_sharded_safetensors
+from ..utils.checkpoint import check_config, load_into, load_safetensors_dir, read_json, save_sharded_safetensors
 from ..utils.fileio import write_json_atomic
 from .attention import attention, sdpa_preferences
 from .convert import diffusers_config_to_official, diffusers_to_official_keys
@@ -44,6 +43,8 @@ CLIP_IMAGE_TOKENS = 257
 BLOCK_INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
 _CONFIG_FIELDS = ("model_type", "text_len", "in_dim", "dim", "ffn_dim", "freq_dim", "out_dim", "num_heads",
                   "num_layers", "eps")
+CONFIG_TYPES = {"model_type": str, "text_len": int, "in_dim": int, "dim": int, "ffn_dim": int, "freq_dim": int,
+                "out_dim": int, "num_heads": int, "num_layers": int, "eps": float}
 
 
 def sinusoidal_embedding_1d(dim, position):
@@ -603,15 +604,14 @@ class WanModel(nn.Module):
             folder = os.path.join(folder, subfolder)
         if not os.path.isdir(folder):
             raise CheckpointError(f"DiT folder not found: {folder}")
-        config_path = require_file(os.path.join(folder, "config.json"), "DiT config")
-        with open(config_path) as f:
-            config = json.load(f)
+        config_path = os.path.join(folder, "config.json")
+        config = read_json(config_path, "DiT config")
         state = load_safetensors_dir(folder, what="DiT weights")
         if config.get("_class_name") == "WanTransformer3DModel":
             kwargs = diffusers_config_to_official(config, source=config_path)
             state = diffusers_to_official_keys(state)
         else:
-            kwargs = {k: config[k] for k in _CONFIG_FIELDS if k in config}
+            kwargs = check_config(config, CONFIG_TYPES, config_path)
         if "text_embedding.0.weight" in state:  # text_dim is not saved in config.json; read it off the weights
             kwargs["text_dim"] = state["text_embedding.0.weight"].shape[1]
         if kwargs.get("model_type") in IMAGE_MODEL_TYPES and "img_emb.proj.0.weight" in state:

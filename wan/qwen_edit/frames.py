@@ -41,7 +41,7 @@ def image_size(path):
     try:
         with Image.open(path) as image:
             return image.size
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise WanInputError(f"cannot read image {path}: {' '.join(str(exc).split())}") from None
 
 

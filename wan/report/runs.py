@@ -5,12 +5,14 @@ import os
 
 import numpy as np
 
-from ..utils.video_io import read_video
+from ..utils.video_io import load_image, output_kind, read_video
 from .html import Report
 
 
 def first_frame(video):
-    """The first frame of a video file, uint8 [H, W, 3]."""
+    """The first frame of what the run wrote (a video, or an image), uint8 [H, W, 3]."""
+    if output_kind(video) == "image":
+        return np.asarray(load_image(video))
     return read_video(video, max_frames=1)[0][0]
 
 

@@ -22,7 +22,7 @@ from ..settings import Settings, SettingsError, text
 from ..utils.fileio import atomic_path
 from ..utils.utils import best_output_size
 from ..utils.video_io import frames_4n1, from_model_range, load_image, probe_video, read_video, resize_center_crop
-from ..utils.video_io import write_video
+from ..utils.video_io import output_stem, write_video
 from .common import encode_prompts, grid_of, latent_shape, tokens
 from .ti2v import fit_image
 
@@ -152,7 +152,7 @@ def write_comparison(output, source_frames, target_frame, edited, fps):
     the three first frames as PNGs beside the output."""
     from PIL import Image
 
-    stem = os.path.splitext(output)[0]
+    stem = output_stem(output)
     edited_frames = from_model_range(edited)
     frames = source_frames[: edited_frames.shape[0]]
     held = target_frame.expand(edited_frames.shape[0], -1, -1, -1)
