@@ -8,7 +8,9 @@ as the script does.
     python bench/bench_edit.py [--no-compile] [--vae_dtype bf16|fp32]
 
 Prints per-stage times for a full edit (models already loaded and warmed up) and for a re-edit
-from the saved inversion, plus the cold first edit (compile included).
+from the saved inversion, plus the cold first edit (compile included), and how many graphs
+torch.compile made during each edit (0 once warm; run with TORCH_LOGS=recompiles to see why one
+recompiled).
 """
 import argparse
 import os
@@ -43,7 +45,10 @@ def synthetic_clip(path):
 
 
 def timed_edit(models, video, steps, load_inversion=None, save_inversion=None):
-    """Run one edit; returns the times per stage."""
+    """Run one edit; returns the times per stage and the graphs torch.compile made during it."""
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
     times = {}
 
     def mark(name, start):
@@ -63,6 +68,7 @@ def timed_edit(models, video, steps, load_inversion=None, save_inversion=None):
     models.decode(latent)
     mark("decode", start)
     times["total"] = sum(times.values())
+    times["graphs compiled"] = counters["stats"]["unique_graphs"] - graphs
     return times
 
 
@@ -81,16 +87,17 @@ def main():
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | compile={args.compile} "
           f"| vae {args.vae_dtype} | {FRAMES}f {WIDTH}x{HEIGHT}, {args.steps}+{args.steps} steps", flush=True)
     cold = timed_edit(models, video, 2)  # compiles both the 1-sample and the CFG-batched shapes
-    print(f"cold 2+2-step edit (compile and cuDNN plans included): {cold['total']:.1f} s", flush=True)
+    print(f"cold 2+2-step edit (compile and cuDNN plans included): {cold['total']:.1f} s, "
+          f"{cold['graphs compiled']} graphs compiled", flush=True)
     torch.cuda.reset_peak_memory_stats()
     path = os.path.join(work, "inversion.safetensors")
     full = timed_edit(models, video, args.steps, save_inversion=path)
     again = timed_edit(models, video, args.steps, load_inversion=path)
     peak = torch.cuda.max_memory_allocated() / 1e9
-    print("| run | read+encode | invert+generate or generate | decode | total |")
-    print("|---|---|---|---|---|")
+    print("| run | read+encode | invert+generate or generate | decode | total | graphs compiled |")
+    print("|---|---|---|---|---|---|")
     for name, times in (("full edit", full), ("re-edit from saved inversion", again)):
-        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in times.values()) + " |")
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in times.values()) + " |")
     print(f"peak GPU memory {peak:.1f} GB (DiT, VAE and umt5-xxl resident)")
 
 

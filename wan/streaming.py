@@ -34,8 +34,6 @@ STREAMED_MIN_BYTES = 1 << 20
 class _Entry:
     """One streamed tensor of a block: where it sits (module, kind, name) and its host copy."""
 
-    __slots__ = ("module", "kind", "name", "host")
-
     def __init__(self, module, kind, name, host):
         self.module, self.kind, self.name, self.host = module, kind, name, host
 
