@@ -61,9 +61,9 @@ class BlockStreamer:
             if child is not model.blocks:
                 child.to(self.device)
         self.entries = [self._host_entries(block) for block in blocks]
+        self._check_blocks_alike()
         self.slot_tensors = [[torch.empty_like(e.host, device=self.device) for e in self.entries[0]]
                              for _ in range(slots)]
-        self._check_blocks_alike()
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.slot_of = {}  # block index -> slot holding (or receiving) its weights
         self.occupant = [None] * slots  # slot -> block index
@@ -163,7 +163,8 @@ class BlockStreamer:
 
     # -- teardown --------------------------------------------------------------------------------
     def remove(self):
-        """Stop streaming: hooks removed, every block's weights left in host memory."""
+        """Stop streaming: hooks removed, the blocks' large tensors left in host memory (the small ones
+        and the other layers stay on the device; `.to()` the model to put it in one place)."""
         if self.cuda:
             torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
         for hook in self.hooks:
