@@ -1,11 +1,11 @@
 """Cold start as a command-line user lives it: whole processes of generate.py or ti2v_inversion_edit.py
 on a full-size TI2V-5B checkpoint on disk (random weights, official layout), loading included.
 
-    python bench/bench_cold_start.py --script generate        # ~7 min on an H200 (checkpoint written first)
-    python bench/bench_cold_start.py --script edit
+    python bench/bench_cold_start.py --script generate --steps 4   # ~7 min on an H200 (checkpoint written first)
+    python bench/bench_cold_start.py --script edit --steps 4
 
 Runs, each a fresh `python` process (bench/profiled_script.py times its stages):
-  eager 1, eager 2            without --compile (the second with the page cache warm)
+  eager                       without --compile
   compile, cold caches        --compile with empty inductor and Triton cache folders
   compile, warm caches        --compile again: kernels from the on-disk caches, dynamo traces again
   compile, in-process 2nd     --compile, the same run twice in one process: the second is the warm
@@ -32,6 +32,7 @@ sys.path.insert(0, HERE)
 
 STAGE_ORDER = ("load", "encode", "invert", "denoise", "decode+write", "decode", "write")
 SCRIPTS = {"generate": "generate.py", "edit": "ti2v_inversion_edit.py"}
+PROCESS_TIMEOUT_S = 420
 
 
 def ensure_checkpoint(folder):
@@ -81,7 +82,11 @@ def run_process(argv, env, repeat=1):
     out = tempfile.mktemp(suffix=".json")
     command = [sys.executable, os.path.join(HERE, "profiled_script.py"), out, "--repeat", str(repeat), *argv]
     spawned = time.time()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False,
+                              timeout=PROCESS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"{argv[0]} took more than {PROCESS_TIMEOUT_S} s") from None
     wall = time.time() - spawned
     if done.returncode:
         sys.stderr.write(done.stderr[-4000:])
@@ -101,21 +106,29 @@ def run_process(argv, env, repeat=1):
     return runs
 
 
+def child_env(**extra):
+    """This environment with the repository first on the path (wheels installed elsewhere stay on it)."""
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
+
+
 def cache_env(folder):
     """Environment with inductor's and Triton's on-disk caches in `folder` (empty: a cold start)."""
-    return dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                TORCHINDUCTOR_CACHE_DIR=os.path.join(folder, "inductor"), TRITON_CACHE_DIR=os.path.join(folder, "triton"))
+    return child_env(TORCHINDUCTOR_CACHE_DIR=os.path.join(folder, "inductor"),
+                     TRITON_CACHE_DIR=os.path.join(folder, "triton"))
 
 
 def folder_sizes(folder):
-    """MB per sub-folder of the inductor and Triton caches (what a warm start reads back)."""
+    """MB in the caches a warm start reads back: inductor's FX graph and AOTAutograd caches, its
+    generated kernel sources and tuning results (the hashed sub-folders), and Triton's binaries."""
     sizes = {}
     for top in ("inductor", "triton"):
         base = os.path.join(folder, top)
         for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
             path = os.path.join(base, name)
             nbytes = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
-            sizes[f"{top}/{name}"] = nbytes / 1e6
+            label = top if top == "triton" else name if name in ("fxgraph", "aotautograd") else "inductor kernels"
+            sizes[label] = sizes.get(label, 0.0) + nbytes / 1e6
     return sizes
 
 
@@ -157,9 +170,7 @@ def main():
     caches = tempfile.mkdtemp()
     rows = []
     if "eager" not in args.skip:
-        for i in (1, 2):
-            rows.append((f"eager {i}", run_process(script_args(args.script, args.ckpt, work, args, False),
-                                                   cache_env(caches))[0]))
+        rows.append(("eager", run_process(script_args(args.script, args.ckpt, work, args, False), cache_env(caches))[0]))
     if "compile" in args.skip:
         print_table(rows)
         return
@@ -184,16 +195,18 @@ def print_checks(rows, steps):
     ratio = after_load(warm) / after_load(second)
     print(f"warm-cache process after the load {after_load(warm):.2f} s vs in-process warm {after_load(second):.2f} s: "
           f"{ratio:.2f}x (target <= 1.15x); fixed cost of a new process {after_load(warm) - after_load(second):.1f} s")
-    if "eager 2" not in rows:
+    if "eager" not in rows:
         return
     work_stages = ("invert", "denoise", "decode+write", "decode")
-    per_step_saving = sum(rows["eager 2"].get(s, 0) - second.get(s, 0) for s in work_stages) / steps
+    per_step_saving = sum(rows["eager"].get(s, 0) - second.get(s, 0) for s in work_stages) / steps
     for label in ("warm", "cold"):
         run = rows.get(f"compile, {label} caches")
-        if run is not None:
-            cost = after_load(run) - after_load(second)
-            print(f"compile break-even ({label} caches): first-call cost {cost:.1f} s / saving {per_step_saving:.2f} s "
-                  f"per step = {cost / max(per_step_saving, 1e-9):.0f} steps of this size")
+        if run is None:
+            continue
+        cost = after_load(run) - after_load(second)
+        steps_to_pay = f"{cost / per_step_saving:.0f} steps of this size" if per_step_saving > 0 else "never"
+        print(f"compile break-even ({label} caches): first-call cost {cost:.1f} s / saving {per_step_saving:.2f} s "
+              f"per step = {steps_to_pay}")
 
 
 if __name__ == "__main__":

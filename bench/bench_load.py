@@ -138,12 +138,12 @@ def main():
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.ckpt, args.device, args.profile)
-    from bench_cold_start import ensure_checkpoint, warm_page_cache
+    from bench_cold_start import child_env, ensure_checkpoint, warm_page_cache
 
     ensure_checkpoint(args.ckpt)
     gb, seconds = warm_page_cache(args.ckpt)
     print(f"# {args.ckpt}: {gb:.1f} GB, read once in {seconds:.1f} s; device {args.device}", flush=True)
-    env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = child_env()
     rows = {}
     for variant in args.variants:
         command = [sys.executable, __file__, "--child", variant, "--ckpt", args.ckpt, "--device", args.device]
