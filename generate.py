@@ -11,11 +11,14 @@ import os
 from datetime import datetime
 
 from wan import distributed, runner, tasks
-from wan.cli import (STAGE_DEFAULTS, build_parser, check_stage, given_values, load_options, merge, option, parse,
+from wan.cli import (STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage, given_values, load_options, merge, option, parse,
                      resolved_settings, run_cli, setup_logging, stage_options)
 from wan.configs import WAN_CONFIGS
 from wan.models import Models
+from wan.modules.vlm import DEFAULT_CAPTIONER
 from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError
+from wan.tasks.prompt_extension import extend_prompt
+from wan.utils.fileio import write_json_atomic
 from wan.utils.video_io import load_image, probe_video
 
 log = logging.getLogger("generate")
@@ -35,32 +38,44 @@ OPTIONS = [
     option("--prompt", "prompt", help="the text prompt (v2v: used as is without --vlm_path, else put before the "
                                       "caption)"),
     option("--n_prompt", "n_prompt", help="negative prompt (default: the official one)"),
-    option("--use_prompt_extend", "use_prompt_extend", action="store_true", help="prompt rewriting (not available)"),
-    option("--prompt_extend_method", "prompt_extend_method", choices=["dashscope", "local_qwen"]),
-    option("--prompt_extend_model", "prompt_extend_model"),
-    option("--prompt_extend_target_lang", "prompt_extend_target_lang", choices=["zh", "en"]),
+    option("--use_prompt_extend", "use_prompt_extend", action="store_true",
+           help="rewrite the prompt with a local language model first (a vision-language one for image tasks)"),
+    option("--prompt_extend_method", "prompt_extend_method", choices=["dashscope", "local_qwen"],
+           help="local_qwen (default): a local model; dashscope needs network access and is refused"),
+    option("--prompt_extend_model", "prompt_extend_model",
+           help="folder or Hugging Face id (from the local cache) of the model (default: the official Qwen ones)"),
+    option("--prompt_extend_target_lang", "prompt_extend_target_lang", choices=["zh", "en"],
+           help="language of the rewritten prompt (default zh)"),
     option("--base_seed", "seed", type=int, help="random seed (-1: random; the seed used is recorded)"),
-    option("--image", "image", help="input image (required for i2v-A14B, optional for ti2v-5B)"),
+    option("--image", "image", help="input image (required for i2v-A14B and i2v-14B, optional for ti2v-5B)"),
+    option("--first_frame", "first_frame", help="flf2v-14B: the first frame"),
+    option("--last_frame", "last_frame", help="flf2v-14B: the last frame (resized to the output if its size differs)"),
     option("--sample_solver", "sampling.solver", choices=SOLVERS, help="default unipc"),
     option("--sample_steps", "sampling.steps", type=int, help="sampling steps (default per task)"),
     option("--sample_shift", "sampling.shift", type=float, help="noise schedule shift (default per task)"),
     option("--sample_guide_scale", "sampling.guide_scale", type=float, help="classifier-free guidance scale"),
+    option("--exact_timesteps", "sampling.exact_timesteps", action="store_true",
+           help="model timesteps 1000*sigma as floats, as step-distilled LoRAs were trained (configs/lightning_*.yaml); "
+                "default: the official truncated integers"),
     option("--video", "video", help="v2v: the video to continue (its last frame starts the output)"),
-    option("--vlm_path", "load.vlm_path", help="v2v: captioner checkpoint folder (InternVL3.5 -HF, Qwen2.5-VL, "
-                                               "Qwen3-VL)"),
+    option("--vlm_path", "load.vlm_path",
+           help=f"v2v: the captioner, a folder (InternVL3.5 -HF, Qwen2.5-VL, Qwen3-VL) or a repo id in the local "
+                f"Hugging Face cache (default {DEFAULT_CAPTIONER})"),
     option("--vlm_device", "load.vlm_device", help="v2v: device of the captioner (default: --device)"),
     option("--fps", "fps", type=float, help="frames per second of the mp4 (default per task)"),
     *load_options(),
     *stage_options(),
 ]
 DEFAULTS = {"task": "t2v-A14B", "ckpt_dir": None, "save_file": None, "prompt": "", "n_prompt": "", "seed": -1,
-            "use_prompt_extend": False, "load": {"offload_model": True}, **STAGE_DEFAULTS}
-GENERATION_FIELDS = ("task", "prompt", "n_prompt", "image", "video", "size", "frame_num", "seed", "fps", "sampling")
+            "use_prompt_extend": False, "prompt_extend_method": "local_qwen", "prompt_extend_model": None,
+            "prompt_extend_target_lang": "zh", "load": {"offload_model": True}, **STAGE_DEFAULTS}
+GENERATION_FIELDS = ("task", "prompt", "n_prompt", "image", "video", "first_frame", "last_frame", "size", "frame_num",
+                     "seed", "fps", "sampling")
 
 
 def defaults(given):
-    """The script's defaults and the official ones of the task asked for."""
-    return merge(DEFAULTS, tasks.defaults(given.get("task", DEFAULTS["task"])))
+    """The script's defaults and the official ones of the task (and size) asked for."""
+    return merge(DEFAULTS, tasks.defaults(given.get("task", DEFAULTS["task"]), given.get("size")))
 
 
 def parse_args(argv=None):
@@ -70,12 +85,7 @@ def parse_args(argv=None):
 def check(settings):
     """Settings objects from the merged tree, checked before any model loads."""
     check_stage(settings)
-    if settings["use_prompt_extend"]:
-        raise SettingsError("use_prompt_extend", "prompt extension is not available in this toolkit")
-    if not settings["ckpt_dir"]:
-        raise SettingsError("ckpt_dir", "is required")
-    if not os.path.isdir(settings["ckpt_dir"]):
-        raise SettingsError("ckpt_dir", f"checkpoint directory not found: {settings['ckpt_dir']}")
+    check_checkpoint(settings)
     load = LoadOptions.from_dict(settings["load"], "load")
     if load.ulysses_size > 1 and WAN_CONFIGS[settings["task"]].num_heads % load.ulysses_size:
         raise SettingsError("load.ulysses_size", f"{load.ulysses_size} must divide the "
@@ -86,19 +96,19 @@ def check(settings):
     if settings["stage"] in ("all", "encode"):
         tasks.check_inputs(generation)
         tasks.common.check_on_grid(WAN_CONFIGS[generation.task], generation.size)
-        warning = tasks.unsupported_size_warning(generation)
+        warning = tasks.unsupported_size_warning(generation, settings["ckpt_dir"])
         if warning:
             log.warning("%s; quality may suffer", warning)
-        if generation.image:
-            load_image(generation.image)  # a bad image fails before models load
+        for name in ("image", "first_frame", "last_frame"):
+            if getattr(generation, name):
+                load_image(getattr(generation, name))  # a bad image fails before models load
         if generation.video:
             probe_video(generation.video)  # so does a bad video
         if not generation.prompt and not generation.video:
-            example = EXAMPLE_PROMPT["t2v" if generation.image is None else "i2v"]
+            example = EXAMPLE_PROMPT["t2v" if not (generation.image or generation.first_frame) else "i2v"]
             generation = generation.replace(prompt=example)
-        if generation.video and not generation.prompt and not load.vlm_path:
-            raise SettingsError("load.vlm_path", f"is required for {generation.task} without a prompt (the "
-                                                 "captioner writes the prompt)")
+        if generation.video and not load.vlm_path:  # the seed's captioner, from the local Hugging Face cache
+            load = load.replace(vlm_path=DEFAULT_CAPTIONER)
     return generation, load
 
 
@@ -106,7 +116,8 @@ def default_save_file(generation):
     prompt = (generation.prompt or os.path.basename(generation.video or "staged")).replace(" ", "_")
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     size = f"{generation.size[0]}x{generation.size[1]}"
-    return f"{generation.task}_{size}_{prompt.replace('/', '_')[:50]}_{stamp}.mp4"
+    suffix = ".png" if generation.frame_num == 1 else ".mp4"  # one frame (t2i) is an image
+    return f"{generation.task}_{size}_{prompt.replace('/', '_')[:50]}_{stamp}{suffix}"
 
 
 def main(argv=None):
@@ -120,6 +131,14 @@ def main(argv=None):
     load = load.replace(device=load.device or (str(env.device) if env.device else None))
     stage = settings["stage"]
     task = tasks.get_task(generation.task)
+    if settings["use_prompt_extend"] and stage in ("all", "encode"):
+        original = generation.prompt
+        generation = extend_prompt(generation, settings["prompt_extend_method"], settings["prompt_extend_model"],
+                                   settings["prompt_extend_target_lang"], load.device)
+        settings = {**settings, "use_prompt_extend": False}  # the resolved settings hold the rewritten prompt
+        notes = {"original prompt": original, "extended prompt": generation.prompt}
+    else:
+        notes = None
     log.info("task %s, size %dx%d, %d frames, %d %s steps, shift %s, guide %s", generation.task, *generation.size,
              generation.frame_num, generation.sampling.steps, generation.sampling.solver, generation.sampling.shift,
              generation.sampling.guide_scale)
@@ -130,9 +149,10 @@ def main(argv=None):
                               settings["stop_after_steps"], requested=given_values(parsed.given, final,
                                                                                    GENERATION_FIELDS),
                               resolved=resolved_settings(final, OPTIONS))
+    if written and notes:
+        write_json_atomic(f"{os.path.splitext(written)[0]}.prompt.json", notes)
     if written:
-        frames, fps, width, height = probe_video(written)
-        log.info("saved %s (%d frames, %dx%d, %s fps)", written, frames, width, height, fps)
+        log.info("saved %s", written)
     return written
 
 

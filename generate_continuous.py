@@ -8,13 +8,14 @@ Writes video_01_seed<S>.mp4 ... , prompts_log.txt (file, seed and prompt of ever
 stitched_video.mp4 (the whole chain, each boundary frame once). A rerun keeps the finished videos
 and continues after the last one."""
 import logging
-import os
 
 from wan import runner, tasks
-from wan.cli import build_parser, load_options, merge, option, parse, resolved_settings, run_cli, setup_logging
+from wan.cli import build_parser, check_checkpoint, load_options, merge, option, parse, resolved_settings, run_cli, setup_logging
 from wan.models import Models
+from wan.modules.vlm import DEFAULT_CAPTIONER
 from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError, integer
 from wan.tasks.continuation import DEFAULT_CONTINUATION_PROMPT
+from wan.utils.hub import local_folder
 from wan.utils.video_io import probe_video
 
 log = logging.getLogger("generate_continuous")
@@ -32,16 +33,21 @@ OPTIONS = [
     option("--sample_steps", "sampling.steps", type=int, help="sampling steps (default per task)"),
     option("--sample_shift", "sampling.shift", type=float, help="noise schedule shift (default per task)"),
     option("--sample_guide_scale", "sampling.guide_scale", type=float, help="classifier-free guidance scale"),
+    option("--exact_timesteps", "sampling.exact_timesteps", action="store_true",
+           help="model timesteps 1000*sigma as floats, as step-distilled LoRAs were trained (configs/lightning_*.yaml); "
+                "default: the official truncated integers"),
     option("--base_seed", "seed", type=int, help="video i (from 1) uses base_seed + i - 1 (default 42)"),
     option("--custom_prompt", "prompt", help=f"text put before every caption (default {DEFAULT_CONTINUATION_PROMPT!r})"),
     option("--n_prompt", "n_prompt", help="negative prompt (default: the official one)"),
-    option("--vlm_path", "load.vlm_path", help="captioner checkpoint folder (InternVL3.5 -HF, Qwen2.5-VL, Qwen3-VL)"),
+    option("--vlm_path", "load.vlm_path",
+           help=f"captioner: a folder (InternVL3.5 -HF, Qwen2.5-VL, Qwen3-VL) or a repo id in the local Hugging Face "
+                f"cache (default {DEFAULT_CAPTIONER})"),
     option("--vlm_device", "load.vlm_device", help="device of the captioner (default: --device)"),
     *load_options(),
 ]
 DEFAULTS = {"task": "v2v-14B", "num_videos": 12, "output_dir": "./continuous_outputs", "ckpt_dir": None,
             "frame_num": 81, "seed": 42, "prompt": DEFAULT_CONTINUATION_PROMPT, "n_prompt": "",
-            "load": {"offload_model": True}}
+            "load": {"offload_model": True, "vlm_path": DEFAULT_CAPTIONER}}
 GENERATION_FIELDS = ("task", "prompt", "n_prompt", "video", "size", "frame_num", "seed", "fps", "sampling")
 
 
@@ -52,13 +58,10 @@ def defaults(given):
 
 def check(settings):
     integer("num_videos", settings["num_videos"], low=1)
-    for name in ("video", "ckpt_dir"):
-        if not settings.get(name):
-            raise SettingsError(name, "is required")
-    if not os.path.isdir(settings["ckpt_dir"]):
-        raise SettingsError("ckpt_dir", f"checkpoint directory not found: {settings['ckpt_dir']}")
-    if not settings["load"].get("vlm_path"):
-        raise SettingsError("load.vlm_path", "is required: the captioner writes every video's prompt")
+    if not settings.get("video"):
+        raise SettingsError("video", "is required")
+    check_checkpoint(settings)
+    local_folder(settings["load"]["vlm_path"], "captioner")  # before anything loads
     probe_video(settings["video"])  # a missing or unreadable video fails before any model loads
     return Generation.from_dict({name: settings.get(name) for name in GENERATION_FIELDS}), \
         LoadOptions.from_dict(settings["load"], "load")

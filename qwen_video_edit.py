@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from wan.errors import WanInputError
-from wan.cli import ArgumentParser, run_cli, setup_logging
+from wan.cli import ArgumentParser, parse_with_config, run_cli, setup_logging
+from wan.utils.fileio import write_yaml_atomic
 from wan.settings import size
 
 COMMANDS = ("extract", "edit", "assemble", "video")
@@ -47,13 +48,17 @@ def parse_args(argv=None):
         argv.insert(0, "edit")
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_extract(commands.add_parser("extract", help="video -> init frame + Sobel edge frames"))
-    _add_edit(commands.add_parser("edit", help="edit the edge frames one by one (resumable; the default command)"),
-              DEFAULT_PROMPT)
-    _add_assemble(commands.add_parser("assemble", help="frames -> mp4"))
-    _add_video(commands.add_parser("video", help="extract -> edit -> assemble in one work folder (resumable)"),
-               DEFAULT_PROMPT)
-    return parser.parse_args(argv)
+    subparsers = {
+        "extract": commands.add_parser("extract", help="video -> init frame + Sobel edge frames"),
+        "edit": commands.add_parser("edit", help="edit the edge frames one by one (resumable; the default command)"),
+        "assemble": commands.add_parser("assemble", help="frames -> mp4"),
+        "video": commands.add_parser("video", help="extract -> edit -> assemble in one work folder (resumable)"),
+    }
+    _add_extract(subparsers["extract"])
+    _add_edit(subparsers["edit"], DEFAULT_PROMPT)
+    _add_assemble(subparsers["assemble"])
+    _add_video(subparsers["video"], DEFAULT_PROMPT)
+    return parse_with_config(parser, argv, subparsers.get(argv[0]))
 
 
 def _add_extract(p):
@@ -88,6 +93,9 @@ def _add_edit(p, default_prompt):
 
 
 def _add_edit_settings(p, default_prompt):
+    p.add_argument("--config", default=None,
+                   help="a YAML or TOML file of settings (option names without dashes, e.g. configs/qwen_ttlg.yaml); "
+                        "flags given here override it. OUT_FRAMES_DIR/settings.yaml holds a run's resolved ones")
     p.add_argument("--model_id", default=None,
                    help="Qwen-Image-Edit-2509 folder (diffusers layout) or a repo id already in the HF cache; "
                         "nothing is downloaded. Default: the MODEL_ID environment variable")
@@ -239,6 +247,7 @@ def run_edit(args):
         editor, perceptual = _load_editor(args, model_id, guidance)
     with timer.stage("edit"):
         rows = edit_frames(editor, job, perceptual)
+    write_yaml_atomic(Path(args.out_frames_dir) / "settings.yaml", _resolved(args))
     if report is not None:
         video = report.with_suffix(".mp4")
         with timer.stage("report video"):
@@ -246,6 +255,16 @@ def run_edit(args):
         write_edit_report(report, "qwen_video_edit: edit", [("edited frames", video)], job.init_frame, rows,
                           _prompts(args), _report_settings(args, model_id, editor), timer)
         logging.info("report: %s", report)
+
+
+# Where inputs and outputs are, not how frames are made: left out of the resolved settings.
+PATH_OPTIONS = ("command", "config", "init_frame", "edge_frames_dir", "out_frames_dir", "metrics_out", "report",
+                "video", "output", "work_dir", "out_dir", "frames_dir")
+
+
+def _resolved(args):
+    """The settings a rerun with --config needs to make the same frames."""
+    return {name: value for name, value in vars(args).items() if name not in PATH_OPTIONS}
 
 
 def run_assemble(args):

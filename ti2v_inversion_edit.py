@@ -12,7 +12,7 @@ import logging
 import os
 
 from wan import distributed, runner
-from wan.cli import (STAGE_DEFAULTS, build_parser, check_stage, given_values, load_options, option, parse,
+from wan.cli import (STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage, given_values, load_options, option, parse,
                      resolved_settings, run_cli, setup_logging, stage_options)
 from wan.configs import WAN_CONFIGS
 from wan.models import Models
@@ -35,6 +35,9 @@ OPTIONS = [
     option("--guide_scale_inv", "inversion.guide_scale", type=float, help="CFG scale while inverting (default 1: off)"),
     option("--guide_scale_gen", "sampling.guide_scale", type=float, help="CFG scale while regenerating (default 5)"),
     option("--shift", "sampling.shift", type=float, help="noise schedule shift (default 5)"),
+    option("--exact_timesteps", "sampling.exact_timesteps", action="store_true",
+           help="model timesteps 1000*sigma as floats, as step-distilled LoRAs were trained (configs/lightning_*.yaml); "
+                "default: the official truncated integers"),
     option("--seed", "seed", type=int, help="kept for compatibility; the edit is deterministic"),
     option("--n_prompt", "n_prompt", help="negative prompt (default: the official one)"),
     option("--max_area", "max_area", type=int, help="output pixel area, aspect ratio kept (default 704*1280)"),
@@ -94,10 +97,7 @@ def check(settings):
         raise SettingsError("load_inversion", "applies to a single edit, not to a manifest")
     if settings["stage"] != "all" and settings["manifest"]:
         raise SettingsError("stage", f"{settings['stage']} runs a single edit (no manifest)")
-    if not settings["ckpt_dir"]:
-        raise SettingsError("ckpt_dir", "is required")
-    if not os.path.isdir(settings["ckpt_dir"]):
-        raise SettingsError("ckpt_dir", f"checkpoint directory not found: {settings['ckpt_dir']}")
+    check_checkpoint(settings)
     return EditSettings.from_dict({name: settings[name] for name in SETTINGS_FIELDS}), \
         LoadOptions.from_dict(settings["load"], "load")
 

@@ -7,7 +7,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-# Tiny models run faster and steadier on one thread (DEPS.md, P10).
+# Tiny models run faster and steadier on one thread (2 cores shared by 2 test workers).
 torch.set_num_threads(1)
 
 import contextlib  # noqa: E402

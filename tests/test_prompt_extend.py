@@ -108,7 +108,7 @@ def test_refusals_are_one_line_errors(models, tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(WanInputError, match="must be one of"):
         make_prompt_extender("openai")
-    with pytest.raises(CheckpointError, match="neither a folder nor a model in the local") as err:
+    with pytest.raises(CheckpointError, match="neither a folder nor a Hugging Face repo id") as err:
         PromptExtender(str(tmp_path / "no_such_model"))
     assert "\n" not in str(err.value)
     with pytest.raises(CheckpointError, match="local Hugging Face cache"):

@@ -262,7 +262,7 @@ def test_missing_model_is_a_one_line_error(small_job, tmp_path):
                         "--out_frames_dir", small_job.out_frames_dir, "--prompt", "x", "--device", "cpu")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "error: model_id not found" in result.stderr
+    assert f"error: model_id {tmp_path / 'no-such-model'} is neither a folder nor a Hugging Face repo id" in result.stderr
 
 
 def test_model_folder_without_a_pipeline(tmp_path):

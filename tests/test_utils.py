@@ -1,4 +1,4 @@
-"""wan.utils.utils: best_output_size, masks_like, save_video, str2bool (WAN_REFERENCE.md section 8)."""
+"""wan.utils.utils: best_output_size, masks_like, save_video, str2bool, with the official call conventions."""
 import argparse
 import os
 

@@ -128,6 +128,24 @@ def parse(parser, options, defaults, argv=None):
     return Parsed(merge(defaults(given) if callable(defaults) else defaults, given), given)
 
 
+def parse_with_config(parser, argv, subparser=None):
+    """argparse for scripts without a flag table: `--config FILE` (a YAML/TOML mapping of option
+    names without their dashes) gives defaults that the flags on the command line override.
+    `subparser`: the sub-command's parser, whose options the file sets."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    config = pre.parse_known_args(argv)[0].config
+    if config:
+        target = subparser or parser
+        options = [option(a.option_strings[-1], a.dest) for a in target._actions if a.option_strings]
+        values = read_config(config, options)
+        nested = [path for path in _leaf_paths(values) if "." in path]
+        if nested:
+            raise SettingsError("config", f"{config}: {nested[0]!r} is not a setting of this script")
+        target.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
 def given_values(given, settings, names):
     """{dotted name: value} of the settings given (on the command line or in --config) under the
     top-level `names`, with the values as the settings objects normalised them (`settings`)."""
@@ -217,7 +235,29 @@ def load_options():
         option("--cfg_parallel", "load.cfg_parallel", action="store_true",
                help="prompt and negative-prompt passes on two halves of the GPUs (torchrun; 2 x --ulysses_size "
                     "processes)"),
+        option("--dit", "load.dit", help="a single-file DiT (ComfyUI safetensors, fp8-scaled, GGUF...) replacing the "
+                                         "checkpoint's"),
+        option("--dit_high", "load.dit_high", help="A14B: the high-noise expert as a single file"),
+        option("--dit_low", "load.dit_low", help="A14B: the low-noise expert as a single file"),
+        option("--vae", "load.vae", help="a VAE file (official .pth, ComfyUI safetensors)"),
+        option("--t5", "load.t5", help="a umT5 text-encoder file (official, Hugging Face or GGUF names)"),
+        option("--clip", "load.clip", help="Wan2.1 i2v/flf2v: the CLIP image-encoder file or folder"),
+        option("--tokenizer", "load.tokenizer", help="the umT5 tokenizer folder (when the checkpoint has none)"),
+        option("--lora", "load.lora", action="append", metavar="FILE[:STRENGTH]",
+               help="a LoRA for every DiT (repeatable); merged exactly, or applied at run time on quantised weights"),
+        option("--lora_high", "load.lora_high", action="append", metavar="FILE[:STRENGTH]",
+               help="a LoRA for the A14B high-noise expert (repeatable)"),
+        option("--lora_low", "load.lora_low", action="append", metavar="FILE[:STRENGTH]",
+               help="a LoRA for the A14B low-noise expert (repeatable)"),
     ]
+
+
+def check_checkpoint(settings):
+    """A checkpoint (folder or Hugging Face id), or at least the DiT as single files."""
+    load = settings["load"]
+    if not settings.get("ckpt_dir") and not (load.get("dit") or load.get("dit_high")):
+        raise SettingsError("ckpt_dir", "is required (a checkpoint folder or a Hugging Face id in the local cache), "
+                                        "or give the parts as single files (dit, vae, t5)")
 
 
 def stage_options():

@@ -27,7 +27,8 @@ class _Pipeline:
     task = None  # the task name its generate() runs
 
     def __init__(self, config, checkpoint_dir, device_id=0, rank=0, t5_fsdp=False, dit_fsdp=False, use_sp=False,
-                 t5_cpu=False, init_on_cpu=True, convert_model_dtype=False, device=None, load=("t5", "vae", "dit"),
+                 t5_cpu=False, init_on_cpu=True, convert_model_dtype=False, device=None,
+                 load=("t5", "vae", "clip", "dit"),
                  compile_model=False, vae_dtype=torch.float32, cfg_parallel=False, step_cache=0.0, fp8=False,
                  attention=None, vlm_path=None, vlm_device=None):
         del rank  # the official argument; the rank comes from torch.distributed

@@ -33,6 +33,7 @@ class Condition:
     """No conditioning beyond the text (t2v): the model sees the latent as it is."""
 
     y = None
+    clip_fea = None
 
     def apply(self, latent):
         return latent
@@ -42,10 +43,11 @@ class Condition:
 
 
 class ConcatCondition(Condition):
-    """i2v-A14B: mask + image latent `y` concatenated to the noisy latent on channels."""
+    """i2v: mask + image latent `y` concatenated to the noisy latent on channels; Wan2.1's i2v / flf2v
+    add CLIP tokens of the image(s), `clip_fea`, that the DiT attends to beside the text."""
 
-    def __init__(self, y):
-        self.y = y
+    def __init__(self, y, clip_fea=None):
+        self.y, self.clip_fea = y, clip_fea
 
 
 class FirstFrameCondition(Condition):
@@ -119,21 +121,23 @@ class GuidedVelocity:
             self.prepare(model)
         device = next(model.parameters()).device
         x = self.condition.apply(x).to(device)
-        t_model = self.condition.timesteps(t, self.seq_len)  # on the CPU: the model reads it without a GPU sync
-        y = None if self.condition.y is None else [self.condition.y.to(device)]
+        # t stays on the CPU: the model reads it without a GPU sync
+        inputs = dict(t=self.condition.timesteps(t, self.seq_len), seq_len=self.seq_len)
+        if self.condition.y is not None:
+            inputs["y"] = [self.condition.y.to(device)]
+        if self.condition.clip_fea is not None:  # one row of image tokens serves every context
+            inputs["clip_fea"] = self.condition.clip_fea.to(device)
         if scale == 1.0 or self.context_null is None:
             # Under CFG parallelism both ranks run this same pass, keeping sharded weights in step.
-            return model([x], t=t_model, context=self.context, seq_len=self.seq_len, y=y)[0]
+            return model([x], context=self.context, **inputs)[0]
         if self.cfg_parallel is not None:
             context = self.context if self.cfg_parallel.runs_cond else self.context_null
-            mine = model([x], t=t_model, context=context, seq_len=self.seq_len, y=y)[0]
-            cond, uncond = self.cfg_parallel.exchange(mine)
+            cond, uncond = self.cfg_parallel.exchange(model([x], context=context, **inputs)[0])
         elif self.batch_cfg:  # one latent under both prompts: the model shares their common work
-            cond, uncond = model([x], t=t_model, context=self.context + self.context_null, seq_len=self.seq_len,
-                                 y=y)
+            cond, uncond = model([x], context=self.context + self.context_null, **inputs)
         else:
-            cond = model([x], t=t_model, context=self.context, seq_len=self.seq_len, y=y)[0]
-            uncond = model([x], t=t_model, context=self.context_null, seq_len=self.seq_len, y=y)[0]
+            cond = model([x], context=self.context, **inputs)[0]
+            uncond = model([x], context=self.context_null, **inputs)[0]
         return uncond + scale * (cond - uncond)
 
 
@@ -176,9 +180,10 @@ class Schedule:
         return len(self) - 1
 
 
-def make_schedule(solver, steps, shift, num_train_timesteps=1000):
+def make_schedule(solver, steps, shift, num_train_timesteps=1000, exact_timesteps=False):
     """The generation grid (noise to data) of an official solver: sigmas shifted in float64 and stored
-    as float32 with a final 0; model timesteps int64(sigma * T), i.e. truncated, then t = 0 at sigma 0.
+    as float32 with a final 0; model timesteps int64(sigma * T), i.e. truncated (or, with
+    exact_timesteps, sigma * T as floats), then t = 0 at sigma 0.
 
     UniPC starts at sigma_max = 1 - 1/T like the official scheduler; DPM++ and Euler start at 1.0."""
     choice("solver", solver, SOLVERS)
@@ -187,15 +192,22 @@ def make_schedule(solver, steps, shift, num_train_timesteps=1000):
     else:
         base = np.linspace(1, 0, steps + 1)[:steps]
     sigmas = shift_sigmas(base, shift)
-    timesteps = torch.from_numpy(sigmas * num_train_timesteps).to(torch.int64).float()
+    timesteps = torch.from_numpy(sigmas * num_train_timesteps)
+    timesteps = timesteps.float() if exact_timesteps else timesteps.to(torch.int64).float()
     return Schedule(torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32)),
                     torch.cat([timesteps, torch.zeros(1)]), solver)
 
 
-def inversion_schedule(steps, shift, strength=1.0, num_train_timesteps=1000):
+def sampling_schedule(sampling, num_train_timesteps=1000):
+    """The schedule of a wan.settings.Sampling."""
+    return make_schedule(sampling.solver, sampling.steps, sampling.shift, num_train_timesteps,
+                         sampling.exact_timesteps)
+
+
+def inversion_schedule(steps, shift, strength=1.0, num_train_timesteps=1000, exact_timesteps=False):
     """The Euler grid an inversion walks up: all of it, or its low-noise fraction `strength`.
     Generation from the result starts at the returned grid's first (highest) sigma."""
-    grid = make_schedule("euler", steps, shift, num_train_timesteps)
+    grid = make_schedule("euler", steps, shift, num_train_timesteps, exact_timesteps)
     return grid.tail(max(1, round(strength * steps)))
 
 

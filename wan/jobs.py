@@ -53,6 +53,7 @@ class InversionJob:
     inversion: InversionSettings
     shift: float
     seq_len: int
+    exact_timesteps: bool = False  # as the generation that follows (wan.settings.Sampling)
 
 
 @dataclass
@@ -110,7 +111,10 @@ def file_sha256(path):
 # ---------------------------------------------------------------------------- conditions as tensors
 def _condition_tensors(condition, prefix):
     if isinstance(condition, flow.ConcatCondition):
-        return {f"{prefix}y": condition.y}, "concat"
+        tensors = {f"{prefix}y": condition.y}
+        if condition.clip_fea is not None:
+            tensors[f"{prefix}clip_fea"] = condition.clip_fea
+        return tensors, "concat"
     if isinstance(condition, flow.FirstFrameCondition):
         return {f"{prefix}first_frame": condition.first_frame}, "first_frame"
     return {}, "none"
@@ -118,7 +122,7 @@ def _condition_tensors(condition, prefix):
 
 def _condition_from(kind, tensors, prefix, patch_size):
     if kind == "concat":
-        return flow.ConcatCondition(tensors[f"{prefix}y"])
+        return flow.ConcatCondition(tensors[f"{prefix}y"], tensors.get(f"{prefix}clip_fea"))
     if kind == "first_frame":
         return flow.FirstFrameCondition(tensors[f"{prefix}first_frame"], patch_size)
     return flow.Condition()
@@ -136,7 +140,7 @@ def _job_parts(job, prefix):
     if isinstance(job, Job):
         header.update(sampling=job.sampling.to_dict(), start=job.start, record=job.record)
     else:
-        header.update(inversion=job.inversion.to_dict(), shift=job.shift)
+        header.update(inversion=job.inversion.to_dict(), shift=job.shift, exact_timesteps=job.exact_timesteps)
     return tensors, header
 
 
@@ -149,7 +153,7 @@ def _job_from(tensors, header, prefix, patch_size):
         return Job(sampling=Sampling.from_dict(header["sampling"], "sampling"), start=header["start"],
                    record=header["record"], **common)
     return InversionJob(inversion=InversionSettings.from_dict(header["inversion"], "inversion"),
-                        shift=header["shift"], **common)
+                        shift=header["shift"], exact_timesteps=header.get("exact_timesteps", False), **common)
 
 
 def to_tensors(kind, value):

@@ -13,6 +13,7 @@ the two guidance branches on the two halves of the ranks. The process groups com
 """
 import contextlib
 import gc
+import hashlib
 import logging
 import os
 from functools import partial
@@ -23,11 +24,11 @@ from . import distributed
 from .distributed import is_sharded, main_tqdm
 from .errors import CheckpointError
 from .modules.attention import set_attention_backend
-from .modules.model import WanModel
-from .modules.t5 import T5EncoderModel
+from .loading import (LoraSpec, apply_loras, build_dit, build_t5, build_vae, check_dit_for_task, locate, read_dit,
+                      read_t5, read_vae, tokenizer_folder)
+from .loading.sources import resolve_source
+from .modules.clip import CLIPModel
 from .modules.vlm import VideoCaptioner
-from .modules.vae2_1 import Wan2_1_VAE
-from .modules.vae2_2 import Wan2_2_VAE
 from .settings import LoadOptions, SettingsError
 from .step_cache import enable_step_cache
 from .utils.checkpoint import checkpoint_fingerprint
@@ -35,7 +36,7 @@ from .utils.video_io import to_model_range
 
 log = logging.getLogger(__name__)
 
-PARTS = ("t5", "vae", "dit")
+PARTS = ("t5", "vae", "clip", "dit")  # "clip" loads only for configs with a CLIP encoder; "vlm" is opt-in
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -48,16 +49,15 @@ def resolve_device(device=None):
     return device
 
 
-def vae_class_for(config):
-    """Wan2.2 VAE for the 16x-compressing TI2V-5B family, Wan2.1 VAE otherwise."""
-    return Wan2_2_VAE if config.vae_checkpoint == "Wan2.2_VAE.pth" else Wan2_1_VAE
-
-
-def dit_subfolders(config):
-    """DiT folders, low-noise expert first (index 0), as the velocity field expects."""
-    if "boundary" in config:
-        return (config.low_noise_checkpoint, config.high_noise_checkpoint)
-    return (None,)
+def parts_fingerprint(sources, name):
+    """A cheap identity of the checkpoint's parts (config files and weight file sizes, no weights read)."""
+    digest = hashlib.sha256(name.encode())
+    if sources.source:
+        digest.update(checkpoint_fingerprint(resolve_source(sources.source)).encode())
+    for part in [*sources.dit.values(), sources.vae, sources.t5, sources.clip]:
+        if part is not None and part.layout == "file":
+            digest.update(f"{part.path}:{os.path.getsize(part.path)}".encode())
+    return digest.hexdigest()[:16]
 
 
 def parallel_layout(options):
@@ -84,10 +84,11 @@ class Models:
     network on the CPU when it is not running. t5_cpu: run the text encoder on the CPU."""
 
     def __init__(self, config, text_encoder=None, vae=None, experts=(), device=None, offload_model=False,
-                 t5_cpu=False, layout=None, fingerprint=None, captioner=None):
+                 t5_cpu=False, layout=None, fingerprint=None, captioner=None, clip=None):
         self.config = config
         self.text_encoder, self.vae, self.experts = text_encoder, vae, tuple(experts)
         self.captioner = captioner  # a wan.modules.vlm.VideoCaptioner for the continuation tasks
+        self.clip = clip  # a wan.modules.clip.CLIPModel for Wan2.1's i2v / flf2v
         self.device = resolve_device(device)
         self.offload_model, self.t5_cpu = offload_model, t5_cpu
         self.layout = layout or distributed.Layout()
@@ -96,11 +97,11 @@ class Models:
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, config, ckpt_dir, options=None, parts=PARTS):
-        """Read `parts` of the checkpoint in `ckpt_dir` (official layout) and place them."""
+    def load(cls, config, ckpt_dir=None, options=None, parts=PARTS):
+        """Read `parts` of a checkpoint and place them. `ckpt_dir`: an official folder, a Diffusers
+        pipeline folder or a Hugging Face repo id in the local cache (wan.loading.locate); single
+        files in `options` (dit, vae, t5, ...) replace or supply parts; LoRAs in `options` are applied."""
         options = options or LoadOptions()
-        if not os.path.isdir(ckpt_dir):
-            raise CheckpointError(f"checkpoint directory not found: {ckpt_dir}")
         if options.attention is not None:  # process-wide: every DiT's attention goes through one entry point
             try:
                 set_attention_backend(options.attention)
@@ -110,11 +111,17 @@ class Models:
         device = resolve_device(options.device)
         # The captioner first: a bad folder fails in seconds, before gigabytes of video model.
         captioner = cls._captioner(options, device) if "vlm" in parts and options.vlm_path else None
-        text_encoder = cls._load_t5(config, ckpt_dir, options, device, layout) if "t5" in parts else None
-        vae = cls._load_vae(config, ckpt_dir, options, device) if "vae" in parts else None
-        experts = cls._load_experts(config, ckpt_dir, options, device, layout) if "dit" in parts else ()
+        need = [{"t5": "t5", "vae": "vae", "dit": "dit", "clip": "clip"}[p] for p in parts
+                if p in ("t5", "vae", "dit") or (p == "clip" and "clip_checkpoint" in config)]
+        sources = locate(ckpt_dir, dit=options.dit, dit_high=options.dit_high, dit_low=options.dit_low,
+                         vae=options.vae, t5=options.t5, clip=options.clip, tokenizer=options.tokenizer,
+                         need=tuple(need) + (("tokenizer",) if "t5" in need else ()))
+        text_encoder = cls._load_t5(config, sources, options, device, layout) if "t5" in need else None
+        clip = cls._load_clip(config, sources) if "clip" in need else None
+        vae = cls._load_vae(config, sources, options, device) if "vae" in need else None
+        experts = cls._load_experts(config, sources, options, device, layout) if "dit" in need else ()
         return cls(config, text_encoder, vae, experts, device, options.offload_model, options.t5_cpu, layout,
-                   checkpoint_fingerprint(ckpt_dir, config.__name__), captioner)
+                   parts_fingerprint(sources, config.__name__), captioner, clip)
 
     @staticmethod
     def _captioner(options, device):
@@ -123,33 +130,50 @@ class Models:
         return VideoCaptioner(options.vlm_path, device=vlm_device, offload=vlm_device == device)
 
     @staticmethod
-    def _load_t5(config, ckpt_dir, options, device, layout):
-        log.info("loading T5 text encoder from %s", ckpt_dir)
+    def _load_t5(config, sources, options, device, layout):
         shard_fn = partial(distributed.shard_t5, device=device, group=layout.model_group) if options.t5_fsdp \
             else None
-        return T5EncoderModel(text_len=config.text_len, dtype=config.t5_dtype, device="cpu",
-                              checkpoint_path=os.path.join(ckpt_dir, config.t5_checkpoint),
-                              tokenizer_path=os.path.join(ckpt_dir, config.t5_tokenizer), shard_fn=shard_fn)
+        state, _ = read_t5(sources.t5, config.t5_dtype)
+        return build_t5(state, tokenizer_folder(sources.tokenizer), config.text_len, config.t5_dtype, "cpu", shard_fn,
+                        source=sources.t5.path)
 
     @staticmethod
-    def _load_vae(config, ckpt_dir, options, device):
-        log.info("loading VAE %s", config.vae_checkpoint)
-        vae = vae_class_for(config)(vae_pth=os.path.join(ckpt_dir, config.vae_checkpoint), device=device,
-                                    dtype=VAE_DTYPES[options.vae_dtype])
+    def _load_clip(config, sources):
+        return CLIPModel(config.clip_dtype, "cpu", sources.clip.path, None)
+
+    @staticmethod
+    def _load_vae(config, sources, options, device):
+        state, vae_config = read_vae(sources.vae)
+        wanted = "2.2" if config.vae_checkpoint == "Wan2.2_VAE.pth" else "2.1"
+        if vae_config["version"] != wanted:
+            raise CheckpointError(f"{sources.vae.path} is a Wan{vae_config['version']} VAE; {config.__name__} "
+                                  f"needs the Wan{wanted} VAE ({config.vae_checkpoint})")
+        if sources.vae_mean is not None:  # a Diffusers folder records its latent statistics
+            vae_config.update(mean=sources.vae_mean, std=sources.vae_std)
+        vae = build_vae(state, vae_config, VAE_DTYPES[options.vae_dtype], device)
         if options.compile:
             vae.model.compile_decoder()
         return vae
 
     @staticmethod
-    def _load_experts(config, ckpt_dir, options, device, layout):
+    def _load_experts(config, sources, options, device, layout):
+        if ("boundary" in config) != sources.has_experts():
+            needs = "two experts (high- and low-noise)" if "boundary" in config else "one DiT"
+            raise CheckpointError(f"{config.__name__} needs {needs}; {sources.source or 'the given files'} has "
+                                  f"{'two experts' if sources.has_experts() else 'one DiT'}")
         dtype = config.param_dtype if options.convert_model_dtype else torch.float32
-        experts = []
-        for subfolder in dit_subfolders(config):
-            log.info("loading DiT %s", os.path.join(ckpt_dir, subfolder or ""))
-            model = WanModel.from_pretrained(ckpt_dir, subfolder=subfolder, torch_dtype=dtype)
-            if model.model_type != config.model_type:
-                raise CheckpointError(f"{ckpt_dir}: the DiT is a {model.model_type} model, but "
-                                      f"{config.__name__} needs {config.model_type}")
+        experts = {}
+        for role, part in sources.dit.items():
+            state, dit_config = read_dit(part)
+            check_dit_for_task(dit_config, config, part.path)
+            experts[role] = build_dit(state, dit_config, dtype, fp8_matmul=options.fp8 and device.type == "cuda")
+        loras = [LoraSpec.parse(text) for text in options.lora] + \
+            [LoraSpec.parse(text, "high") for text in options.lora_high] + \
+            [LoraSpec.parse(text, "low") for text in options.lora_low]
+        if loras:
+            apply_loras(experts, loras)
+        ordered = [experts[role] for role in (("low", "high") if "boundary" in config else ("main",))]
+        for model in ordered:
             if options.dit_fsdp:  # block by block from the CPU: the full model is never on one GPU
                 distributed.shard_dit(model, device, layout.model_group)
             if options.ulysses_size > 1:
@@ -159,8 +183,7 @@ class Models:
             enable_step_cache(model, options.step_cache)
             if options.compile:  # opt-in: fuses the element-wise work; the first steps pay the compile time
                 model.compile_blocks()
-            experts.append(model)
-        return tuple(experts)
+        return tuple(ordered)
 
     # -- placement -------------------------------------------------------------------------
     def place(self, model):
@@ -204,6 +227,17 @@ class Models:
         if self.offload_model and movable:
             encoder.model.cpu()
         return contexts
+
+    @torch.no_grad()
+    def encode_images(self, images):
+        """CLIP tokens of images [3, 1, H, W] in [-1, 1] (any size: CLIP resizes): [N, 257, width]."""
+        if self.clip is None:
+            raise CheckpointError(f"{self.config.__name__} needs its CLIP image encoder, which was not loaded")
+        self.clip.model.to(self.device)
+        tokens = self.clip.visual([image.to(self.device) for image in images])
+        if self.offload_model:
+            self.clip.model.cpu()
+        return tokens
 
     @torch.no_grad()
     def encode_frames(self, frames):

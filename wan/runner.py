@@ -107,7 +107,7 @@ class Runner:
         """Sample `job` from its latent; the final latent (fp32). With checkpointing, resumes from
         its file and keeps it up to date (returns None when stopped on request)."""
         s = job.sampling
-        schedule = flow.make_schedule(s.solver, s.steps, s.shift, self.models.num_train_timesteps)
+        schedule = flow.sampling_schedule(s, self.models.num_train_timesteps)
         start, latent, history, callback = job.start, job.latent, None, None
         if checkpointing is not None:
             step, saved, history = checkpointing.resume("generating", self.models.device)
@@ -125,7 +125,8 @@ class Runner:
     def invert(self, job, checkpointing=None):
         """Integrate the clean latent of `job` up its schedule: the latent at the schedule's top."""
         inv = job.inversion
-        schedule = flow.inversion_schedule(inv.steps, job.shift, inv.strength, self.models.num_train_timesteps)
+        schedule = flow.inversion_schedule(inv.steps, job.shift, inv.strength, self.models.num_train_timesteps,
+                                           job.exact_timesteps)
         start, latent, callback = 0, job.latent, None
         if checkpointing is not None:
             step, saved, _ = checkpointing.resume("inverting", self.models.device)
@@ -163,6 +164,17 @@ class Runner:
                     jobs.save(save_inversion, "inversion", record)
                     log.info("saved the inversion to %s", save_inversion)
         return self.denoise(generation, checkpointing)
+
+    @torch.no_grad()
+    def write_edit(self, latent, output, fps, source_frames=None, target=None):
+        """Decode and write an edit; with the source frames and the edited first frame also
+        OUTPUT_comparison.mp4 and the first frames as PNGs."""
+        edited = self.models.decode(latent)
+        save_video(edited[None], save_file=output, fps=fps, nrow=1)
+        if source_frames is not None:
+            write_comparison(output, source_frames, target.to(torch.uint8), edited, fps)
+        log.info("wrote %s (%d frames, %dx%d, %.3g fps)", output, edited.shape[1], edited.shape[3], edited.shape[2],
+                 fps)
 
     @torch.no_grad()
     def write_video(self, latent, path, fps):
@@ -235,7 +247,8 @@ def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, s
     encoded, latent_file = os.path.join(folder, ENCODED), os.path.join(folder, LATENT)
     edit_job = None
     if stage in ("all", "encode"):
-        edit_job = tasks.prepare_edit(models, request, settings)
+        # A whole run from a saved inversion need not encode the source clip.
+        edit_job = tasks.prepare_edit(models, request, settings, invert=not (load_inversion and stage == "all"))
         if stage == "encode":
             if models.layout.writes_outputs:
                 jobs.save(encoded, "edit", edit_job, models.fingerprint)
@@ -272,15 +285,10 @@ def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, s
     if not models.layout.writes_outputs:
         return None
     output = request.output or record["output"]
-    edited = models.decode(latent)
-    fps = settings.fps or source_fps
-    save_video(edited[None], save_file=output, fps=fps, nrow=1)
-    if comparison:
-        if source is None:  # a decode stage in its own process reads the clip again
-            source = load_source(models.config, record["video"], record["frame_num"], record["max_area"])
-        write_comparison(output, source.frames, target.to(torch.uint8), edited, fps)
+    if comparison and source is None:  # a decode stage in its own process reads the clip again
+        source = load_source(models.config, record["video"], record["frame_num"], record["max_area"])
+    runner.write_edit(latent, output, settings.fps or source_fps, source.frames if comparison else None, target)
     write_settings(output, resolved)
-    log.info("wrote %s (%d frames, %dx%d, %.3g fps)", output, edited.shape[1], edited.shape[3], edited.shape[2], fps)
     return output
 
 

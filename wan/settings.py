@@ -118,6 +118,15 @@ def text(name, value, optional=False):
     return value
 
 
+def text_list(name, value):
+    """A tuple of strings (a list from YAML, a repeated flag)."""
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(name, f"must be a list of text, got {value!r}")
+    return tuple(value)
+
+
 def frame_count(name, value):
     """Wan's causal VAE folds frames 1.. in groups of four: 4n+1 frames."""
     value = integer(name, value, low=1)
@@ -240,10 +249,25 @@ class LoadOptions(Settings):
     cfg_parallel: bool = False
     vlm_path: str = None  # the captioner of the continuation tasks (a transformers VLM folder)
     vlm_device: str = None  # None: the device above
+    # Single files that replace or supply a checkpoint's parts (ComfyUI files, GGUF, ...)
+    dit: str = None
+    dit_high: str = None
+    dit_low: str = None
+    vae: str = None
+    t5: str = None
+    clip: str = None
+    tokenizer: str = None
+    # LoRAs, "FILE" or "FILE:STRENGTH": for every DiT, or for one A14B expert
+    lora: tuple = ()
+    lora_high: tuple = ()
+    lora_low: tuple = ()
 
     def __post_init__(self):
-        for name in ("device", "vlm_path", "vlm_device"):
+        for name in ("device", "vlm_path", "vlm_device", "dit", "dit_high", "dit_low", "vae", "t5", "clip",
+                     "tokenizer"):
             text(name, getattr(self, name), optional=True)
+        for name in ("lora", "lora_high", "lora_low"):
+            _set(self, name, text_list(name, getattr(self, name)))
         for name in ("offload_model", "t5_cpu", "convert_model_dtype", "compile", "fp8", "t5_fsdp", "dit_fsdp",
                      "cfg_parallel"):
             flag(name, getattr(self, name))
@@ -263,9 +287,13 @@ class Sampling(Settings):
     steps: int = 50
     shift: float = 5.0
     guide_scale: object = 5.0  # a float, or (low-noise, high-noise) for two experts
+    # Model timesteps 1000 sigma as floats (the step-distilled LoRAs' recipe) instead of the official
+    # truncated integers.
+    exact_timesteps: bool = False
 
     def __post_init__(self):
         choice("solver", self.solver, SOLVERS)
+        flag("exact_timesteps", self.exact_timesteps)
         _set(self, "steps", integer("steps", self.steps, low=1, high=1000))
         _set(self, "shift", number("shift", self.shift, low=0, high=100, low_open=True))
         _set(self, "guide_scale", guide_scale("guide_scale", self.guide_scale))
@@ -301,6 +329,8 @@ class Generation(Settings):
     n_prompt: str = ""  # empty: the model's default negative prompt
     image: str = None  # the first frame (image tasks), a path
     video: str = None  # the clip to continue (v2v tasks), a path
+    first_frame: str = None  # flf2v: the first and the last frame, paths
+    last_frame: str = None
     size: object = None  # (width, height); image tasks: its area is the maximum area. None: the task's default
     max_area: int = None  # image tasks: the output's pixel area at most; None: the area of `size`
     frame_num: int = None  # None: the task's default
@@ -312,8 +342,8 @@ class Generation(Settings):
         text("task", self.task)
         text("prompt", self.prompt)
         text("n_prompt", self.n_prompt)
-        text("image", self.image, optional=True)
-        text("video", self.video, optional=True)
+        for name in ("image", "video", "first_frame", "last_frame"):
+            text(name, getattr(self, name), optional=True)
         if self.size is not None:
             _set(self, "size", size("size", self.size))
         if self.max_area is not None:

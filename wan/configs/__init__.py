@@ -1,4 +1,4 @@
-"""Per-task configurations with the official Wan2.2 / Wan2.1 defaults (WAN_REFERENCE.md section 1).
+"""Per-task configurations with the official Wan2.2 / Wan2.1 defaults (the official repositories' wan/configs).
 
 `WAN_CONFIGS[task]` supports attribute access (cfg.sample_shift) like the official EasyDicts.
 Network sizes are not read from here: the DiT reads its checkpoint's config.json."""

@@ -15,7 +15,6 @@ CheckpointError names every missing file.
 import hashlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from safetensors import safe_open
 
 from ..errors import CheckpointError
+from ..utils.hub import local_folder
 from .files import container_of, read_json
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 PART_NAMES = ("dit", "vae", "t5", "tokenizer", "clip")
 DEFAULT_NEED = ("dit", "vae", "t5", "tokenizer")
 ROLES = ("main", "high", "low")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 # Official folder names (Wan2.1 / Wan2.2 releases)
 OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -145,29 +144,8 @@ def locate(source=None, dit=None, dit_high=None, dit_low=None, vae=None, t5=None
 
 
 def resolve_source(source):
-    """A local folder for `source`: the folder itself, or an HF repo id's snapshot in the local
-    cache ('org/name' or 'org/name@revision')."""
-    source = os.fspath(source)
-    if os.path.isdir(source):
-        return source
-    if os.path.exists(source):
-        raise CheckpointError(f"source {source} is a file; give single files as dit=, vae=, t5=, clip=, tokenizer=")
-    if not _REPO_ID.match(source):
-        raise CheckpointError(f"source {source} is neither a folder nor a Hugging Face repo id (org/name)")
-    repo_id, _, revision = source.partition("@")
-    return hf_snapshot(repo_id, revision or None)
-
-
-def hf_snapshot(repo_id, revision=None):
-    """The snapshot folder of `repo_id` in the local HF cache; never touches the network."""
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        return snapshot_download(repo_id, revision=revision, local_files_only=True)
-    except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, ...
-        where = constants.HF_HUB_CACHE
-        raise CheckpointError(f"{repo_id}{'@' + revision if revision else ''} is not in the local Hugging Face cache "
-                              f"({where}): {exc.__class__.__name__}") from None
+    """A local folder for `source`: the folder itself, or an HF repo id's snapshot in the local cache."""
+    return local_folder(source, "checkpoint")
 
 
 # --------------------------------------------------------------------------------------- official
@@ -435,4 +413,4 @@ def tokenizer_from_sentencepiece(proto, source="sentencepiece model"):
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-__all__ = ["CheckpointParts", "Part", "locate", "resolve_source", "hf_snapshot", "tokenizer_folder", "role_hint"]
+__all__ = ["CheckpointParts", "Part", "locate", "resolve_source", "tokenizer_folder", "role_hint"]

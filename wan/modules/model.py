@@ -1,6 +1,6 @@
 """WanModel: the Wan2.1 / Wan2.2 diffusion transformer (t2v, i2v, flf2v and ti2v variants).
 
-Numerics follow the official model (WAN_REFERENCE.md section 2): the residual stream, the
+Numerics follow the official model (Wan2.2's wan/modules/model.py): the residual stream, the
 modulation and the output head run in fp32; linear layers and attention run in the weights' dtype.
 Two things are done more cheaply than the reference, with identical results (tests/test_model.py):
 - the time embedding is computed once per distinct timestep value and looked up per token,
@@ -37,12 +37,10 @@ IMAGE_MODEL_TYPES = ("i2v", "flf2v")  # the model types that may carry the CLIP 
 # Tokens per image from the CLIP encoder (class token + 16 x 16 patches). flf2v models learn a
 # position table over the first frame's and the last frame's tokens together.
 CLIP_IMAGE_TOKENS = 257
-# Inductor settings for the compiled blocks, measured on an H200 (docs/PERFORMANCE.md): the
-# coordinate-descent search tunes the generated kernels' block sizes (0.808 -> 0.801 s for the TI2V
-# 121f forward, for ~15 s more first compile; GPU (Triton) code only). Not `triton.multi_kernel`,
-# although it saved another ~4 ms: with torch 2.11-2.13 a graph holding multi-kernels crashes when
-# it is loaded back from inductor's on-disk cache (the cached Triton functions lose their hash
-# lock), i.e. on the second run of any script on the same machine.
+# Inductor settings for the compiled blocks: the coordinate-descent search tunes the generated
+# kernels' block sizes (GPU code only). Not `triton.multi_kernel`: with torch 2.11-2.13 a graph
+# holding multi-kernels crashes when it is loaded back from inductor's on-disk cache, i.e. on the
+# second run of any script on the same machine. Measurements: docs/PERFORMANCE.md.
 BLOCK_INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
 _CONFIG_FIELDS = ("model_type", "text_len", "in_dim", "dim", "ffn_dim", "freq_dim", "out_dim", "num_heads",
                   "num_layers", "eps")
@@ -88,15 +86,14 @@ def _feed_forward(ffn, x):
 
     On CUDA in inference the first linear's bias and tanh GELU run in the matmul's epilogue
     (cuBLASLt): the [L, ffn_dim] hidden activations, a block's largest tensor, are written once
-    instead of being written, read and written again by a GELU kernel (17 ms of a 0.82 s TI2V
-    forward, docs/PERFORMANCE.md), and GELU sees the fp32 accumulator rather than its bf16
-    rounding. Elsewhere the plain modules run: the op has no autograd formula, and its CPU version
-    applies the exact (erf) GELU, not the tanh form the checkpoints were trained with.
+    instead of being written, read and written again by a GELU kernel (docs/PERFORMANCE.md), and
+    GELU sees the fp32 accumulator rather than its bf16 rounding. Elsewhere the plain modules run:
+    the op has no autograd formula, and its CPU version applies the exact (erf) GELU, not the tanh
+    form the checkpoints were trained with.
 
     Autocast only rules the fusion out when it would change the matmul's dtype (fp32-stored
     weights under the pipelines' bf16 autocast, the reference's setting). With bf16 weights it
-    changes nothing, and the pipelines denoise inside it: ruling it out there cost every forward
-    of a generation the 17 ms above."""
+    changes nothing, and the pipelines denoise inside it."""
     first = ffn[0]
     fused = (x.is_cuda and not torch.is_grad_enabled() and not _autocast_recasts(x)
              and type(first) is nn.Linear and first.bias is not None and x.dtype == first.weight.dtype)
@@ -161,7 +158,7 @@ def _rotated_heads(linear, norm, x, cos, sin, num_heads):
     Compiled as a region of its own, so that q is rotated before k is projected. Inlined, inductor
     fuses the two rotations into one kernel (they read the same RoPE tables), and q and k then
     exist both before and after rotation at the same time: one more [L, dim] tensor at the
-    block's memory peak, 0.8 GB for A14B at 720p (docs/PERFORMANCE.md, seventh session)."""
+    block's memory peak, 0.8 GB for A14B at 720p."""
     heads = norm(linear(x)).unflatten(-1, (num_heads, -1))
     return RotaryTable(cos, sin).rotate(heads).to(x.dtype)
 
@@ -518,7 +515,7 @@ class WanModel(nn.Module):
 
         The distinct values are found where t is. The pipelines pass t on the CPU: done on the GPU,
         torch.unique and the uniformity check each wait for the queued work to finish, and the GPU
-        then idles while the next kernels are launched (3-6 ms per forward on an H200)."""
+        then idles while the next kernels are launched."""
         t = torch.as_tensor(t)
         if t.dim() == 0:
             t = t.expand(batch)

@@ -24,6 +24,7 @@ import re
 import torch
 
 from ..errors import CheckpointError, WanInputError
+from ..utils.hub import local_folder
 from .vlm import images_only_processor_class
 
 __all__ = ["PromptExtender", "make_prompt_extender", "system_prompt", "resolve_model_path", "METHODS"]
@@ -112,19 +113,8 @@ def clean_answer(text):
 
 def resolve_model_path(model):
     """A model folder, from a folder path, an official alias or a hub id in the local cache."""
-    if os.path.isdir(model):
-        path = model
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo_id = MODEL_ALIASES.get(model, model)
-        cached = None
-        if repo_id.count("/") == 1 and not os.path.isabs(repo_id):
-            cached = try_to_load_from_cache(repo_id, "config.json")
-        if not isinstance(cached, str):
-            raise CheckpointError(f"prompt extension model {model!r} is neither a folder nor a model in the local "
-                                  "Hugging Face cache (nothing is downloaded)")
-        path = os.path.dirname(cached)
+    path = local_folder(MODEL_ALIASES.get(model, model) if not os.path.isdir(model) else model,
+                        "prompt extension model")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise CheckpointError(f"prompt extension model folder {path} has no config.json")
     return path

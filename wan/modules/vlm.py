@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..errors import CheckpointError, WanInputError
+from ..utils.hub import local_folder
 from ..utils.video_io import sample_frame_indices
 
 DEFAULT_QUESTION = "Describe this video in detail."
@@ -42,14 +43,14 @@ def read_model_type(path):
     """The checkpoint's `model_type`; a clear error for a missing folder or an unsupported model."""
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
-        raise CheckpointError(f"--vlm_path: no config.json in {path} (expected a transformers checkpoint folder)")
+        raise CheckpointError(f"captioner {path}: no config.json (expected a transformers checkpoint folder)")
     try:
         with open(config_path) as f:
             model_type = json.load(f).get("model_type")
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"--vlm_path: cannot read {config_path}: {exc}") from None
+        raise CheckpointError(f"captioner: cannot read {config_path}: {exc}") from None
     if model_type not in PROCESSOR_CLASSES:
-        raise WanInputError(f"--vlm_path: unsupported captioner architecture model_type={model_type!r} in "
+        raise WanInputError(f"captioner: unsupported architecture model_type={model_type!r} in "
                             f"{config_path}; supported: {', '.join(PROCESSOR_CLASSES)} (InternVL needs the -HF "
                             "checkpoint)")
     return model_type
@@ -76,13 +77,17 @@ def frame_messages(num_frames, question):
     return [{"role": "user", "content": content}]
 
 
+DEFAULT_CAPTIONER = "OpenGVLab/InternVL3_5-8B-HF"  # the seed chain's captioner, from the local HF cache
+
+
 class VideoCaptioner:
-    """Describe a clip with a VLM checkpoint folder (`path`), loaded on first use on `device`."""
+    """Describe a clip with a VLM checkpoint (`path`: a folder or a repo id in the local Hugging Face
+    cache), loaded on first use on `device`."""
 
     def __init__(self, path, device="cpu", dtype=None, question=DEFAULT_QUESTION,
                  max_new_tokens=DEFAULT_MAX_NEW_TOKENS, num_frames=DEFAULT_NUM_FRAMES, offload=False):
-        self.path = path
-        self.model_type = read_model_type(path)  # fail before any video model loads
+        self.path = local_folder(path, "captioner")  # a folder, or a repo id in the local Hugging Face cache
+        self.model_type = read_model_type(self.path)  # fail before any video model loads
         self.device = torch.device(device)
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.question = question

@@ -13,6 +13,7 @@ import torch
 from transformers import Qwen2VLProcessor
 
 from ..errors import WanInputError
+from ..utils.hub import local_folder
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler")
@@ -37,11 +38,7 @@ def resolve_dtype(name, device):
 
 def resolve_model_dir(model_id):
     """A local folder, or the cached snapshot of a Hub repo id; never a download."""
-    path = Path(model_id)
-    if not path.exists():
-        path = _cached_snapshot(model_id)
-    if not path.is_dir():
-        raise WanInputError(f"model_id is not a folder: {model_id}")
+    path = Path(local_folder(model_id, "model_id"))
     index = path / "model_index.json"
     if not index.is_file():
         raise WanInputError(f"model_id {model_id}: no model_index.json; expected a diffusers "
@@ -53,16 +50,6 @@ def resolve_model_dir(model_id):
     if class_name not in ("QwenImageEditPlusPipeline", "QwenImageEditPipeline"):
         raise WanInputError(f"model_id {model_id}: a {class_name} checkpoint, expected QwenImageEditPlusPipeline")
     return path
-
-
-def _cached_snapshot(model_id):
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(model_id, local_files_only=True))
-    except Exception:  # any failure means: not a usable local copy
-        raise WanInputError(f"model_id not found: {model_id} is neither a local folder nor in the Hugging Face "
-                            "cache (nothing is downloaded)") from None
 
 
 def load_edit_pipeline(model_id, device="cpu", dtype=torch.float32):

@@ -9,6 +9,7 @@ The noise keeps the source's motion; the new first frame and prompt change its a
 
 `prepare_edit` returns the two jobs; wan.runner runs them through the one flow core.
 """
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from ..utils.fileio import atomic_path
 from ..utils.utils import best_output_size
 from ..utils.video_io import frames_4n1, from_model_range, load_image, probe_video, read_video, resize_center_crop
 from ..utils.video_io import write_video
-from .common import encode_prompts, grid_of, tokens
+from .common import encode_prompts, grid_of, latent_shape, tokens
 from .ti2v import fit_image
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,16 @@ def load_source(config, path, frame_num, max_area):
         frame_num = frames_4n1(frames.shape[0])
         log.warning("%s decodes to %d frames only: using the first %d", path, frames.shape[0], frame_num)
         frames = frames[:frame_num]
+    return fit_source(config, frames, fps, max_area, str(path), file_sha256(path))
+
+
+def fit_source(config, frames, fps, max_area, name, sha256=None):
+    """A Source from uint8 frames [F, H, W, 3] (4n+1 of them) in memory, resized and cropped onto the
+    model grid like a file's; `sha256` defaults to the hash of the frames' bytes."""
     step = grid_of(config)
     width, height = best_output_size(frames.shape[2], frames.shape[1], step, step, max_area)
-    return Source(str(path), file_sha256(path), fps, frames.shape[0], (width, height),
-                  resize_center_crop(frames, width, height))
+    sha256 = sha256 or hashlib.sha256(frames.contiguous().numpy().tobytes()).hexdigest()
+    return Source(name, sha256, fps, frames.shape[0], (width, height), resize_center_crop(frames, width, height))
 
 
 def target_frame(request, source):
@@ -89,7 +96,7 @@ def prepare_inversion(models, source, source_prompt, settings):
     context, context_null = encode_prompts(models, source_prompt, settings.n_prompt, inv.guide_scale)
     condition = flow.FirstFrameCondition(latent[:, :1].clone(), models.config.patch_size)
     return InversionJob(latent, context, context_null, condition, inv, settings.sampling.shift,
-                        tokens(models, latent.shape))
+                        tokens(models, latent.shape), settings.sampling.exact_timesteps)
 
 
 def prepare_regeneration(models, first_frame, target_prompt, settings, seq_len, record=None):
@@ -98,25 +105,35 @@ def prepare_regeneration(models, first_frame, target_prompt, settings, seq_len, 
     gen = settings.sampling
     context, context_null = encode_prompts(models, target_prompt, settings.n_prompt, gen.guide_scale)
     sigma = inversion_top(settings.inversion, gen.shift, models.num_train_timesteps)
-    start = flow.make_schedule(gen.solver, gen.steps, gen.shift, models.num_train_timesteps) \
-        .first_index_at_or_below(sigma)
+    start = flow.sampling_schedule(gen, models.num_train_timesteps).first_index_at_or_below(sigma)
     return Job(None, context, context_null, flow.FirstFrameCondition(first_frame, models.config.patch_size), gen,
                seq_len, start, record or {})
 
 
-def prepare_edit(models, request, settings):
+def prepare_edit(models, request, settings, invert=True):
     """The inversion job (source latent, source prompt) and the generation job that continues from
-    its result (edited first frame, target prompt), for `request` under `settings` (EditSettings)."""
+    its result (edited first frame, target prompt), for `request` under `settings` (EditSettings).
+    invert=False leaves the inversion out (a saved one will be used): the source is not encoded."""
     source = load_source(models.config, request.video, settings.frame_num, settings.max_area)
-    inversion = prepare_inversion(models, source, request.source_prompt, settings)
-    target = target_frame(request, source)
-    # Causal VAE: the clip's first latent frame equals encoding frame 0 alone.
-    first_frame = inversion.latent[:, :1].clone() if request.target_image is None else models.encode_frames(target)
-    record = dict(settings.replace(frame_num=source.frame_num).to_dict(), **request.to_dict(),
-                  output_size=list(source.size))
-    generation = prepare_regeneration(models, first_frame, request.target_prompt, settings, inversion.seq_len,
-                                      record)
-    return EditJob(inversion, generation, source, target)
+    target = None if request.target_image is None else target_frame(request, source)
+    return prepare_edit_of(models, source, target, request.source_prompt, request.target_prompt, settings,
+                           request.to_dict(), invert)
+
+
+def prepare_edit_of(models, source, target, source_prompt, target_prompt, settings, record=None, invert=True):
+    """`prepare_edit` for a Source and an edited first frame (uint8 [1, H, W, 3] on the source's grid;
+    None: the source's own) already in memory."""
+    inversion = prepare_inversion(models, source, source_prompt, settings) if invert else None
+    if target is None and inversion is not None:
+        first_frame = inversion.latent[:, :1].clone()  # causal VAE: frame 0 of the clip's latent is frame 0 alone
+    else:
+        first_frame = models.encode_frames(source.frames[:1] if target is None else target)
+    frames = settings.replace(frame_num=source.frame_num)
+    seq_len = tokens(models, latent_shape(models, source.frame_num, *source.size))
+    record = {**frames.to_dict(), **(record or {}), "source_prompt": source_prompt, "target_prompt": target_prompt,
+              "output_size": list(source.size)}
+    generation = prepare_regeneration(models, first_frame, target_prompt, settings, seq_len, record)
+    return EditJob(inversion, generation, source, source.frames[:1] if target is None else target)
 
 
 def inversion_result(job, source, source_prompt, latent, model):

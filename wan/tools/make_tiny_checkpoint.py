@@ -24,7 +24,8 @@ from .tiny_vae import write_tiny_wan21_vae, write_tiny_wan22_vae
 from .tiny_vlm import ARCHITECTURES as VLM_ARCHITECTURES
 from .tiny_vlm import write_tiny_vlm
 
-TASKS = ("ti2v-5B", "i2v-A14B", "t2v-A14B", "t2v-1.3B", "v2v-14B", "v2v-5B", "i2v-14B", "flf2v-14B", "t2i-14B")
+TASKS = ("ti2v-5B", "i2v-A14B", "t2v-A14B", "t2v-1.3B", "t2v-14B", "v2v-14B", "v2v-5B", "i2v-14B", "flf2v-14B",
+         "t2i-14B")
 TINY_DIT = dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=256)
 TINY_T5_DIM = 32
 SHARD_BYTES = 200_000  # small enough that every DiT is sharded with an index, like the real ones
@@ -43,7 +44,7 @@ def write_tiny_dit(folder, config, seed, image_dim=None):
 def make_tiny_checkpoint(task, ckpt_dir, seed=0):
     """Write the tiny checkpoint for `task` into `ckpt_dir` (created if needed); returns ckpt_dir."""
     if task not in TASKS:
-        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     config = WAN_CONFIGS[task]
     os.makedirs(ckpt_dir, exist_ok=True)
     write_tiny_t5(ckpt_dir, seed=seed, dim=TINY_T5_DIM)

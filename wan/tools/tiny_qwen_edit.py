@@ -23,7 +23,7 @@ SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_en
 HIDDEN = 16  # text-encoder width = transformer joint_attention_dim
 Z_DIM = 16
 
-# The scheduler settings Qwen-Image ships (TTLG.md §5.2).
+# The scheduler settings Qwen-Image ships in its scheduler/scheduler_config.json.
 SCHEDULER_CONFIG = dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
                         max_image_seq_len=8192, shift=1.0, shift_terminal=0.02, time_shift_type="exponential",
                         num_train_timesteps=1000)

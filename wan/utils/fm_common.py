@@ -1,7 +1,7 @@
 """What the flow-matching schedulers share: sigma grids, log-SNR, step-index lookup, state reset.
 
 The path is x_sigma = (1 - sigma) * x0 + sigma * noise, so alpha = 1 - sigma and the model predicts the
-velocity v = noise - x0. Grids follow the official Wan2.2 schedulers exactly (WAN_REFERENCE.md section 4):
+velocity v = noise - x0. Grids follow the official Wan2.2 schedulers (wan/utils/fm_solvers*.py there) exactly:
 sigmas are float64 while shifted, stored as float32 on the CPU with a final 0 appended, and timesteps are
 int64(sigma * 1000), i.e. truncated, on the requested device.
 """

@@ -1,6 +1,6 @@
 """Small helpers with the official Wan2.2 names: best_output_size, masks_like, save_video, str2bool.
 
-Call conventions follow Wan2.2's `wan/utils/utils.py` (see WAN_REFERENCE.md section 8), so scripts
+Call conventions follow Wan2.2's `wan/utils/utils.py`, so scripts
 written against the official codebase keep working. Differences, all deliberate: save_video needs no
 torchvision, writes atomically through `wan.utils.video_io.write_video_streamed` and raises on failure
 instead of logging and returning.

@@ -20,7 +20,7 @@ from ...modules.model import WanModel
 from ...modules.vae2_2 import Wan2_2_VAE
 from ...tools.tiny_t5 import T5_CHECKPOINT_NAME, T5_TOKENIZER_NAME
 from ...utils.fileio import atomic_path, write_json_atomic
-from ..world import SPEC_VERSION
+from ..world import HEIGHT, SPEC_VERSION, WIDTH
 from .common import DIT_WEIGHTS, MODEL_CARD_FILE, PROVENANCE_FILE, VAE_FILE, log
 from .text import load_text_encoder
 
@@ -100,6 +100,7 @@ def finish_export(folder, state):
         "seeds": {"base": state["seed"], "text_encoder": state["seed"], "vae_init": state["seed"] + 1,
                   "dit_init": state["seed"] + 2},
         "torch_version": torch.__version__,
+        "trained_sizes": [f"{WIDTH}*{HEIGHT}"],  # generate.py warns only for sizes outside these
         "architecture": facts,
         "final_losses": final_losses(state),
         "training": state,
@@ -133,7 +134,7 @@ def model_card(state, facts):
     encoder_width, decoder_width = facts["vae_widths"]
     image_share = dit.get("recipe", {}).get("image_share", float("nan"))
     parts = [
-        ("DiT (`diffusion_pytorch_model.safetensors`, EMA weights)",
+        (f"DiT (`diffusion_pytorch_model.safetensors`, {dit.get('shipped', 'ema').upper()} weights)",
          f"ti2v, dim {config['dim']}, ffn {config['ffn_dim']}, {config['num_heads']} heads of {head_dim}, "
          f"{config['num_layers']} layers", f"{facts['dit_parameters'] / 1e6:.2f} M"),
         ("VAE (`Wan2.2_VAE.pth`)", f"Wan2.2 structure, encoder width {encoder_width}, decoder width "
@@ -169,7 +170,8 @@ All weights are stored in bf16. The VAE's latent statistics are folded into its 
 - DiT: {dit.get('steps', 0)} steps, {dit.get('seconds', 0):.0f} s, {dit.get('clips_seen', 0)} clip samples;
   flow matching (x_sigma = (1 - sigma) x0 + sigma eps, target eps - x0), {image_share:.0%} image-conditioned
   samples; the recipe's settings are in `provenance.json`.
-- Held-out loss of the shipped EMA by sigma (image-conditioned): {dit.get('held_out_loss_ema', {})}
+- Held-out loss by sigma (image-conditioned), shipped {dit.get('shipped', 'ema').upper()} weights:
+  {dit.get('held_out_loss_' + dit.get('shipped', 'ema'), {})}
 
 Recipe, retraining and the two traps (fused RMS-norm gains, latent statistics):
 `docs/TRAINING.md` in the toolkit. Seeds, versions, step counts and file hashes:

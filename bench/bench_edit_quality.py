@@ -1,0 +1,146 @@
+"""Edit quality on the toy world: success rate and mean metrics per edit type against ground truth, for
+the editor's settings and every inexact speed option, with the benchmark's controls (docs/QUALITY.md).
+
+    python bench/bench_edit_quality.py --cases 104 --variants default euler:20 fixed_point:20 cache:0.1 fp8
+    python bench/bench_edit_quality.py --device cpu --cases 4 --variants default    # a CPU smoke run
+
+A variant is "name" or "name:value": default (configs/edit_toyworld.yaml), euler / midpoint / heun /
+fixed_point:N (that inversion scheme, N inversion and generation steps), strength:S, guide_inv:G,
+guide_gen:G, steps:N (both passes), cache:T (step cache threshold), fp8 (FP8 linears, CUDA),
+flash-fp8 (FP8 attention, CUDA). Each runs the same cases; the table lists, per variant, the success
+rate and the mean metrics, and for speed options whether they keep quality (success within 2 points
+and no metric over its threshold where the default passes). Controls: the VAE floor, the no-op
+reconstruction, the fresh-noise trajectory ratio, seed diversity. --json writes everything.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wan.configs import WAN_CONFIGS  # noqa: E402
+from wan.models import Models  # noqa: E402
+from wan.runner import Runner  # noqa: E402
+from wan.settings import EditSettings, LoadOptions  # noqa: E402
+from wan.step_cache import enable_step_cache  # noqa: E402
+from wan.toyworld.cases import make_edit_cases  # noqa: E402
+from wan.toyworld.evaluate import edit_case, fresh_noise_control, seed_diversity_of, summarise, vae_floor  # noqa
+from wan.toyworld.metrics import EDIT_THRESHOLDS  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESET = os.path.join(REPO, "configs", "edit_toyworld.yaml")
+SPEED_OPTIONS = ("cache", "fp8", "flash-fp8", "steps")
+
+
+def default_settings():
+    with open(PRESET) as f:
+        preset = yaml.safe_load(f)
+    return EditSettings.from_dict({k: v for k, v in preset.items() if k in EditSettings().to_dict()})
+
+
+def variant_settings(base, variant):
+    """(EditSettings, load changes) of a variant name."""
+    name, _, value = variant.partition(":")
+    inv, gen = base.inversion, base.sampling
+    if name == "default":
+        return base, {}
+    if name in ("euler", "midpoint", "heun", "fixed_point"):
+        steps = int(value or inv.steps)
+        return base.replace(inversion=inv.replace(scheme=name, steps=steps), sampling=gen.replace(steps=steps)), {}
+    if name == "steps":
+        return base.replace(inversion=inv.replace(steps=int(value)), sampling=gen.replace(steps=int(value))), {}
+    if name == "strength":
+        return base.replace(inversion=inv.replace(strength=float(value))), {}
+    if name == "guide_inv":
+        return base.replace(inversion=inv.replace(guide_scale=float(value))), {}
+    if name == "guide_gen":
+        return base.replace(sampling=gen.replace(guide_scale=float(value))), {}
+    if name == "cache":
+        return base, {"step_cache": float(value)}
+    if name == "fp8":
+        return base, {"fp8": True}
+    if name == "flash-fp8":
+        return base, {"attention": "flash-fp8"}
+    raise SystemExit(f"unknown variant {variant!r}")
+
+
+def keeps_quality(results, reference):
+    """Within 2 points of the default's success, and no metric over its bar where the default passes."""
+    if results["summary"]["all"]["success"] < reference["summary"]["all"]["success"] - 0.02:
+        return False
+    for ours, theirs in zip(results["cases"], reference["cases"]):
+        if theirs["passed"] and not ours["passed"]:
+            return False
+    return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_dir", default=os.path.join(REPO, "assets", "toyworld-ti2v"))
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--cases", type=int, default=104, help="edit cases (the spec's mix, 1 in 8 a no-op)")
+    parser.add_argument("--seed", type=int, default=0, help="case seed")
+    parser.add_argument("--variants", nargs="*", default=["default"])
+    parser.add_argument("--controls", type=int, default=8, help="cases for the fresh-noise and diversity controls")
+    parser.add_argument("--json", default=None, help="write every metric here")
+    args = parser.parse_args()
+    cases = make_edit_cases(args.cases, args.seed)
+    base = default_settings()
+    report = {"ckpt_dir": args.ckpt_dir, "cases": args.cases, "variants": {}}
+    loaded = {}
+    for variant in args.variants:
+        settings, changes = variant_settings(base, variant)
+        key = tuple(sorted(changes.items() - {("step_cache", changes.get("step_cache"))}))
+        if key not in loaded:  # fp8 cannot be undone: a model per load setting
+            options = LoadOptions(device=args.device, offload_model=False,
+                                  **{k: v for k, v in changes.items() if k != "step_cache"})
+            loaded[key] = Models.load(WAN_CONFIGS["ti2v-5B"], args.ckpt_dir, options)
+        models = loaded[key]
+        enable_step_cache(models.experts[0], changes.get("step_cache", 0.0))
+        start, runner = time.time(), Runner(models, progress=False)
+        results = [edit_case(models, case, settings, runner)[1] for case in cases]
+        report["variants"][variant] = {
+            "settings": settings.to_dict(), "load": changes, "seconds": time.time() - start,
+            "summary": summarise(results),
+            "cases": [{"case_id": r.case_id, "edit_type": r.edit_type, "passed": r.passed, **r.metrics}
+                      for r in results]}
+        enable_step_cache(models.experts[0], 0.0)
+        print(f"{variant}: success {report['variants'][variant]['summary']['all']['success']:.1%} "
+              f"({time.time() - start:.0f} s)", flush=True)
+    models = next(iter(loaded.values()))
+    control_cases = cases[: args.controls]
+    floors = [vae_floor(models, case) for case in control_cases]
+    fresh = [fresh_noise_control(models, case, base, seed=1000 + i)["te_rel"] for i, case in enumerate(control_cases)]
+    diversity = seed_diversity_of(models, control_cases[0], base, seeds=range(16 if args.controls >= 8 else 4))
+    report["controls"] = {"vae_floor_db": floors, "fresh_noise_te_rel": fresh, "seed_diversity": diversity}
+    print_table(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=float)
+
+
+def print_table(report):
+    columns = ["success", "te_mean", "te_max", "direction_agreement", "colour_accuracy", "colour_leak",
+               "shape_accuracy", "mask_iou", "background_psnr", "flicker"]
+    reference = report["variants"].get("default")
+    print(f"\n# toy-world edits: {report['cases']} cases, {report['ckpt_dir']}")
+    print("| variant | edit type | cases | " + " | ".join(columns) + " | keeps quality |")
+    print("|---|---|---|" + "---|" * (len(columns) + 1))
+    for variant, results in report["variants"].items():
+        speed = variant.split(":")[0] in SPEED_OPTIONS
+        keeps = ("yes" if keeps_quality(results, reference) else "no") if speed and reference else "-"
+        for kind, row in results["summary"].items():
+            cells = [f"{row['success']:.0%}"] + [f"{row.get(c, float('nan')):.3g}" for c in columns[1:]]
+            print(f"| {variant} | {kind} | {row['cases']} | " + " | ".join(cells) + f" | {keeps if kind == 'all' else ''} |")
+    c = report["controls"]
+    print(f"\ncontrols: VAE floor {min(c['vae_floor_db']):.1f}-{max(c['vae_floor_db']):.1f} dB; fresh-noise TE_rel "
+          f"min {min(c['fresh_noise_te_rel']):.2f} (>= 0.6 needed, else void); seed diversity "
+          f"{c['seed_diversity']:.2f} (>= 0.7); thresholds {EDIT_THRESHOLDS}")
+
+
+if __name__ == "__main__":
+    main()
