@@ -170,7 +170,8 @@ def main():
     caches = tempfile.mkdtemp()
     rows = []
     if "eager" not in args.skip:
-        rows.append(("eager", run_process(script_args(args.script, args.ckpt, work, args, False), cache_env(caches))[0]))
+        eager = run_process(script_args(args.script, args.ckpt, work, args, False), cache_env(caches))[0]
+        rows.append(("eager", eager))
     if "compile" in args.skip:
         print_table(rows)
         return

@@ -97,7 +97,8 @@ def main():
     print("| run | read+encode | invert+generate or generate | decode | total | graphs compiled |")
     print("|---|---|---|---|---|---|")
     for name, times in (("full edit", full), ("re-edit from saved inversion", again)):
-        print(f"| {name} | " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in times.values()) + " |")
+        cells = (f"{v:.2f}" if isinstance(v, float) else str(v) for v in times.values())
+        print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"peak GPU memory {peak:.1f} GB (DiT, VAE and umt5-xxl resident)")
 
 

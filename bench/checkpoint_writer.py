@@ -103,7 +103,8 @@ def write_safetensors(path, shapes, dtype, filler):
     itemsize = torch.tensor([], dtype=dtype).element_size()
     for name, shape in shapes.items():
         nbytes = math.prod(shape) * itemsize
-        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
