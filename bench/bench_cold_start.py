@@ -1,8 +1,8 @@
 """Cold start as a command-line user lives it: whole processes of generate.py or ti2v_inversion_edit.py
 on a full-size TI2V-5B checkpoint on disk (random weights, official layout), loading included.
 
-    python bench/bench_cold_start.py --script generate --steps 4   # ~7 min on an H200 (checkpoint written first)
-    python bench/bench_cold_start.py --script edit --steps 4
+    python bench/bench_cold_start.py --script generate    # ~7 min on an H200 (checkpoint written first)
+    python bench/bench_cold_start.py --script edit
 
 Runs, each a fresh `python` process (bench/profiled_script.py times its stages):
   eager                       without --compile
@@ -149,7 +149,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--script", choices=SCRIPTS, default="generate")
     parser.add_argument("--ckpt", default="/tmp/wan-bench/ti2v-5B", help="checkpoint folder (written if absent)")
-    parser.add_argument("--steps", type=int, default=8, help="sampling steps (edit: inversion and generation each)")
+    parser.add_argument("--steps", type=int, default=4, help="sampling steps (edit: inversion and generation each)")
     parser.add_argument("--frames", type=int, help="frames, 4n+1 (default: 121 generate, 49 edit)")
     parser.add_argument("--size", help="W*H: generate's size, the edit's maximum area (default 1280*704 / 832*1056)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
