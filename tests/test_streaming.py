@@ -118,6 +118,16 @@ def test_step_cache_reads_block_zero_while_streamed():
         assert torch.equal(a, b)
 
 
+def test_fp8_linears_stream_their_buffers():
+    """FP8 linears keep their weights in buffers (float8 values and fp32 scales): streamed too."""
+    expected = forward(small_model(3).quantize_fp8())
+    model = small_model(3).quantize_fp8()
+    streamer = stream_blocks(model, "cpu", min_bytes=64 * 64)
+    assert {e.host.dtype for e in streamer.entries[0]} == {torch.float8_e4m3fn}
+    assert all(e.kind == "buffer" for e in streamer.entries[0])
+    assert torch.equal(forward(model), expected)
+
+
 def test_compiled_blocks_stream_without_recompiling():
     """Compiled sublayers read the slot tensors as inputs: the same values as the compiled resident
     model, and no recompilation from one block, slot or forward to the next."""
