@@ -132,6 +132,29 @@ def test_parity_with_diffusers(version, size, tiny_paths):
     assert (decoded.abs() == 1).float().mean() < 0.1 and decoded.std() > 0.05
 
 
+@pytest.mark.parametrize("version,size", [("2.1", 32), ("2.2", 64)])
+def test_posterior_matches_diffusers_distribution(version, size, tiny_paths):
+    """posterior(x): the (mu, logvar) diffusers' latent_dist holds (it clamps logvar to [-30, 20], which
+    random weights stay inside); encode is mu normalised; gradients reach the encoder (training)."""
+    vae = load(version, tiny_paths[version])
+    reference = diffusers_twin(version, vae)
+    video = random_video(9, size, size)[None]
+    with torch.no_grad():
+        expected = reference.encode(video).latent_dist
+    mu, logvar = vae.model.posterior(video)
+    assert mu.dtype == logvar.dtype == torch.float32 and mu.shape == logvar.shape == expected.mean.shape
+    assert relative_error(mu, expected.mean) < PARITY_TOLERANCE
+    assert relative_error(logvar, expected.logvar) < PARITY_TOLERANCE
+    with torch.no_grad():
+        torch.testing.assert_close(vae.encode([video[0]])[0], ((mu - vae.mean.view(-1, 1, 1, 1))
+                                                              / vae.std.view(-1, 1, 1, 1))[0])
+    vae.model.requires_grad_(True)
+    mu, logvar = vae.model.posterior(video)
+    (mu.square().mean() + logvar.exp().mean()).backward()
+    assert all(p.grad is not None for p in vae.model.encoder.parameters())
+    vae.model.requires_grad_(False)
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. loading errors
 
@@ -313,7 +336,7 @@ def test_fused_norm_silu_matches_the_separate_layers():
 
     graphs_before = counters["stats"]["unique_graphs"]
     for channels, frames, layout in cases:
-        norm = RMS_norm(channels)
+        norm = RMS_norm(channels).requires_grad_(False)  # inference, as the VAE wrappers load it
         norm.gamma.data.uniform_(0.5, 1.5)
         x = torch.randn(1, channels, frames, 5, 4).contiguous(memory_format=layout)
         expected = torch.nn.functional.silu(norm(x))
@@ -322,6 +345,105 @@ def test_fused_norm_silu_matches_the_separate_layers():
         torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6)
     # Compiled at all, and not once per width: a layout may compile twice (single-frame views).
     assert 1 <= counters["stats"]["unique_graphs"] - graphs_before <= 4
+
+
+def test_fused_norm_silu_leaves_trainable_gains_to_autograd(monkeypatch):
+    """The fused kernel detaches gamma: when autograd needs gamma's gradient the separate layers run
+    (same values, and the gradient of the reference), otherwise the fused kernel does."""
+    from wan.modules import vae_blocks
+
+    calls = []
+    fused = vae_blocks.fused_normalize_silu
+
+    def recording():
+        calls.append(1)
+        return fused()
+
+    monkeypatch.setattr(vae_blocks, "fused_normalize_silu", recording)
+    norm = vae_blocks.RMS_norm(6)
+    norm.gamma.data.uniform_(0.5, 1.5)
+    x = torch.randn(1, 6, 2, 3, 4)
+    expected = torch.nn.functional.silu(norm(x))
+    expected.square().sum().backward()
+    reference_grad, norm.gamma.grad = norm.gamma.grad.clone(), None
+
+    out = vae_blocks.norm_silu(norm, x, fused=True)
+    out.square().sum().backward()
+    assert calls == [] and norm.gamma.grad is not None
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(norm.gamma.grad, reference_grad)
+
+    norm.requires_grad_(False)  # inference: the fused kernel
+    torch.testing.assert_close(vae_blocks.norm_silu(norm, x, fused=True), expected.detach(), rtol=1e-5, atol=1e-6)
+    norm.requires_grad_(True)
+    with torch.no_grad():
+        vae_blocks.norm_silu(norm, x, fused=True)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("layout", ["default", "channels_last"])
+@torch.no_grad()
+def test_compiled_decoder_compiles_once_for_latents_from_any_path(layout, tiny_paths, tmp_path):
+    """After the first decode, a latent read back from a safetensors file (as a saved inversion or a
+    decode stage reads it), one of another frame count, a channels-last or non-contiguous one, one
+    that requires grad, and a decode with grad mode on all reuse the compiled graph: the guards saw
+    the latent's frame count through a slice's strides, and grad mode, and recompiled (~10 s on an
+    H200). fail_on_recompile makes any recompilation raise."""
+    from safetensors.torch import load_file, save_file
+
+    vae = load("2.2", tiny_paths["2.2"])
+    if layout == "channels_last":
+        vae.model.use_channels_last()  # the GPU's decode layout
+    compilations = []
+
+    def counting_backend(graph, example_inputs):
+        compilations.append(graph)
+        return graph
+
+    gen = torch.Generator().manual_seed(5)
+    sampled = torch.randn(48, 5, 2, 3, generator=gen) * 0.5 + 0.1  # as the sampler leaves it: fp32, contiguous
+    eager = vae.decode([sampled])[0]
+    vae.model.compile_decoder(backend=counting_backend)
+    torch.testing.assert_close(vae.decode([sampled])[0], eager, rtol=1e-6, atol=1e-6)
+    assert len(compilations) == 1
+
+    save_file({"latent": sampled}, str(tmp_path / "latent.safetensors"))
+    from_disk = load_file(str(tmp_path / "latent.safetensors"))["latent"]
+    others = {
+        "read back from a file": from_disk,
+        "more frames": torch.randn(48, 7, 2, 3, generator=gen),
+        "fewer frames": torch.randn(48, 3, 2, 3, generator=gen),
+        "channels-last": sampled.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2),
+        "a view at an offset": torch.cat([sampled, sampled], dim=1)[:, 5:],
+        "requiring grad": sampled.clone().requires_grad_(),
+    }
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for name, latent in others.items():
+            decoded = vae.decode([latent])[0]
+            assert decoded.shape[1] == 4 * latent.shape[1] - 3, name
+        torch.testing.assert_close(vae.decode([from_disk])[0], eager, rtol=1e-6, atol=1e-6)
+        with torch.enable_grad():  # grad mode on, nothing requiring grad: still the compiled graph
+            torch.testing.assert_close(vae.decode([sampled])[0], eager, rtol=1e-6, atol=1e-6)
+    assert len(compilations) == 1
+    torch._dynamo.reset()
+
+
+@torch.no_grad()
+def test_compiled_decoder_leaves_training_to_the_eager_decoder(tiny_paths):
+    """With gradients wanted (trainable decoder weights, grad mode on) the decode runs eagerly: the
+    compiled graph is for inference, and gradients reach the weights."""
+    vae = load("2.2", tiny_paths["2.2"])
+    compilations = []
+    vae.model.compile_decoder(backend=lambda graph, inputs: compilations.append(graph) or graph)
+    latent = torch.randn(48, 4, 2, 3, generator=torch.Generator().manual_seed(6))
+    vae.model.decoder.requires_grad_(True)
+    with torch.enable_grad():
+        video = vae.model.decode(latent[None], vae.scale)
+        video.square().mean().backward()
+    assert compilations == []
+    assert all(p.grad is not None for p in vae.model.decoder.parameters())
+    vae.model.requires_grad_(False)
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -4,13 +4,19 @@ Layout follows the DiT: q [B, Lq, heads, head_dim], k and v [B, Lk, heads, head_
 - "sdpa" (the default without FlashAttention-3): torch's scaled_dot_product_attention. Inside
   `sdpa_preferences` the cuDNN kernel is put first on CUDA because on Hopper it is much faster
   than the flash kernel at Wan's sequence lengths (~600 vs ~366 TFLOP/s at 27k tokens, DESIGN.md).
-- "flash": flash-attn 3 (flash_attn_interface) or 2 (flash_attn) when installed. The default when
+- "flash": FlashAttention-3 or, without it, FlashAttention-2 (flash_attn). The default when
   FlashAttention-3 is installed: on an H200 it is faster than cuDNN at Wan's shapes
   (docs/PERFORMANCE.md). fp32 inputs still go through SDPA, so fp32 runs stay fp32.
+  FlashAttention-3 comes from either of two providers with the same `flash_attn_func`: upstream's
+  `flash_attn_interface` (built from Dao-AILab/flash-attention's hopper/ folder) or the PyPI wheel
+  `fa3-fwd` (module `fa3_fwd_interface`: prebuilt forward kernels for Hopper, bf16 and fp8 only;
+  fp16 inputs then go to FlashAttention-2 or SDPA).
 - "flash-fp8" (opt-in, inexact): FlashAttention-3 with q, k and v in float8 e4m3, one scale per
   sample and head; its deviation from exact attention is measured in docs/PERFORMANCE.md.
 """
 import contextlib
+import functools
+import importlib
 import logging
 
 import torch
@@ -18,10 +24,25 @@ import torch.nn.functional as F
 
 from .fp8 import FP8, FP8_MAX
 
-try:
-    import flash_attn_interface  # FlashAttention-3 (Hopper)
-except ImportError:
-    flash_attn_interface = None
+# FlashAttention-3 providers, in order of preference; the wheel without fp16 kernels is named in
+# FA3_WITHOUT_FP16.
+FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")
+FA3_WITHOUT_FP16 = ("fa3_fwd_interface",)
+
+
+def find_flash_attention_3(names=FA3_MODULES):
+    """The first FlashAttention-3 interface module among `names` that imports, or None. A module
+    that is installed but cannot load (no CUDA runtime, a wheel built for another torch) counts as
+    absent: importing the kernels' extension raises OSError or ImportError then."""
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except (ImportError, OSError):
+            continue
+    return None
+
+
+flash_attn_interface = find_flash_attention_3()
 try:
     import flash_attn  # FlashAttention-2
 except ImportError:
@@ -37,14 +58,26 @@ def set_attention_backend(name):
     if name not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
     if name == "flash" and flash_attn_interface is None and flash_attn is None:
-        raise ValueError("attention backend 'flash' needs flash-attn installed (flash_attn or flash_attn_interface)")
+        raise ValueError("attention backend 'flash' needs flash-attn installed (FlashAttention-3: "
+                         f"{' or '.join(FA3_MODULES)}; or FlashAttention-2: flash_attn)")
     if name == "flash-fp8" and flash_attn_interface is None:
-        raise ValueError("attention backend 'flash-fp8' needs FlashAttention-3 installed (flash_attn_interface)")
+        raise ValueError(f"attention backend 'flash-fp8' needs FlashAttention-3 installed ({' or '.join(FA3_MODULES)}; "
+                         "the PyPI wheel fa3-fwd provides it on Hopper GPUs)")
     _default_backend = name
 
 
 def flash_attention_3_installed():
     return flash_attn_interface is not None
+
+
+def flash_attention_3_provider():
+    """The module name FlashAttention-3 comes from (see FA3_MODULES), or None."""
+    return None if flash_attn_interface is None else flash_attn_interface.__name__
+
+
+def _fa3_takes(dtype):
+    return flash_attn_interface is not None and (
+        dtype == torch.bfloat16 or flash_attn_interface.__name__ not in FA3_WITHOUT_FP16)
 
 
 def attention_backend():
@@ -102,15 +135,21 @@ def sdpa_preferences(device):
 def _flash(q, k, v):
     half = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
     q16, k16, v16 = (x.to(half) for x in (q, k, v))
-    if flash_attn_interface is not None:
+    if _fa3_takes(half):
         out = flash_attn_interface.flash_attn_func(q16, k16, v16)
         out = out[0] if isinstance(out, tuple) else out
     elif flash_attn is not None:
         out = flash_attn.flash_attn_func(q16, k16, v16)
     else:
-        logging.getLogger(__name__).warning("flash-attn is not installed; using SDPA")
+        _warn_once(f"no FlashAttention kernel for {half} inputs is installed; using SDPA")
         return _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None).transpose(1, 2)
     return out.to(q.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message):
+    """Logged once per process: the fallback would otherwise be reported by every layer at every step."""
+    logging.getLogger(__name__).warning(message)
 
 
 def per_head_fp8(x):

@@ -141,8 +141,10 @@ def norm_silu(norm, x, fused=None):
     """silu(norm(x)) for an RMS_norm `norm` and a [B, C, T, H, W] x; fused (the default on the GPU)
     it runs as one compiled kernel over x seen as [pixels, C] (channels-last) or [B, C, pixels], so
     that one compilation per layout serves every layer, width and chunk length. Same values up to
-    rounding."""
-    if not (x.is_cuda if fused is None else fused) or torch.compiler.is_compiling():
+    rounding. The fused kernel takes the gains detached, so when autograd needs their gradient
+    (training the VAE) the separate layers run instead."""
+    fused = x.is_cuda if fused is None else fused
+    if not fused or torch.compiler.is_compiling() or (torch.is_grad_enabled() and norm.gamma.requires_grad):
         return _normalize_silu(x, norm.gamma)
     gamma = norm.gamma.detach().view(1, -1)  # detached: compiled code keeps parameter shapes static
     b, c, t, h, w = x.shape
@@ -338,15 +340,22 @@ class CausalVideoVAE(nn.Module):
     def from_decoder_output(self, x):
         return x
 
-    def encode(self, x, scale):
-        """[B, C, F, H, W] -> normalised posterior mean [B, z, 1 + (F-1)//4, h, w].
-        `scale` = [mean, 1/std] per channel (the official convention); extra trailing frames are ignored."""
+    def posterior(self, x):
+        """[B, C, F, H, W] -> (mu, logvar) of the latent posterior, each [B, z, 1 + (F-1)//4, h, w] in
+        fp32, before the per-channel normalisation `encode` applies (logvar is not clamped). Extra
+        trailing frames are ignored. Differentiable: training samples mu + exp(logvar / 2) * noise."""
         x = self.to_encoder_input(x)
         starts = range(1, x.shape[2] - ENCODE_CHUNK + 1, ENCODE_CHUNK)
         chunks = [x[:, :, :1]] + [x[:, :, i:i + ENCODE_CHUNK] for i in starts]
         cache = StreamCache()
         out = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)
-        mu = self.conv1(out)[:, : self.z_dim].float()
+        mu, logvar = self.conv1(out).float().chunk(2, dim=1)
+        return mu, logvar
+
+    def encode(self, x, scale):
+        """[B, C, F, H, W] -> normalised posterior mean [B, z, 1 + (F-1)//4, h, w].
+        `scale` = [mean, 1/std] per channel (the official convention); extra trailing frames are ignored."""
+        mu, _ = self.posterior(x)
         mean, inv_std = (_channel_view(s, mu) for s in scale)
         return (mu - mean) * inv_std
 
@@ -356,15 +365,31 @@ class CausalVideoVAE(nn.Module):
 
     def decode_chunks(self, z, scale):
         """The same video, yielded as the causal decoder makes it: one chunk [B, C, f, H, W] per
-        latent frame (f = 1 for the first, then the temporal stride)."""
+        latent frame (f = 1 for the first, then the temporal stride). With compile_decoder, the
+        steady chunks run compiled unless autograd needs the result (a latent or decoder weights
+        that require grad, grad mode on): training decodes eagerly."""
         mean, inv_std = (_channel_view(s, z) for s in scale)
         x = (z.float() / inv_std + mean).to(self.conv2.weight.dtype).contiguous(memory_format=self.decode_layout)
         x = self.conv2(x)
         cache = StreamCache()
+        compiled = self.steady_decoder is not None and not self._needs_autograd(x)
         for i in range(x.shape[2]):
-            steady = self.steady_decoder is not None and i >= STEADY_CHUNK
-            decoder = self.steady_decoder if steady else self.decoder
-            yield self.from_decoder_output(decoder(x[:, :, i:i + 1], cache))
+            chunk = x[:, :, i:i + 1]
+            out = self._steady_chunk(chunk, cache) if compiled and i >= STEADY_CHUNK else self.decoder(chunk, cache)
+            yield self.from_decoder_output(out)
+
+    def _needs_autograd(self, x):
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.decoder.parameters()))
+
+    def _steady_chunk(self, chunk, cache):
+        """One steady chunk through the compiled decoder, its input made so that the graph's guards
+        only ever see the chunk's own shape: a slice of the latent has strides that carry the
+        latent's frame count (a video of another length recompiled the whole decoder, ~10 s on an
+        H200), so the chunk is copied into a fresh tensor of the decode layout; and autograd is off
+        (grad mode is guarded too; nothing here needs gradients, see decode_chunks)."""
+        chunk = chunk.clone(memory_format=self.decode_layout)
+        with torch.no_grad():
+            return self.steady_decoder(chunk, cache)
 
 
 def _channel_view(value, like):
