@@ -18,14 +18,20 @@ PIP_CONSTRAINTS :=
 else
 PIP_CONSTRAINTS := -c constraints-cpu.txt
 endif
+# Hopper GPUs (compute capability 9.0) also get FlashAttention-3's prebuilt forward kernels (fa3-fwd).
+GPU_CAPABILITY := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1)
+ifeq ($(GPU_CAPABILITY),9.0)
+GPU_REQUIREMENTS := -r requirements-gpu.txt
+endif
 
 .PHONY: demo test venv clean browser-deps ui
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-ui.txt constraints-cpu.txt
+$(STAMP): requirements.txt requirements-ui.txt requirements-gpu.txt constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-ui.txt $(PIP_CONSTRAINTS)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-ui.txt \
+		$(GPU_REQUIREMENTS) $(PIP_CONSTRAINTS)
 	touch $(STAMP)
 
 DEMO := demo_out

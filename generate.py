@@ -11,11 +11,11 @@ import os
 from datetime import datetime
 
 from wan import distributed, runner, tasks
-from wan.cli import (STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage, given_values, load_options, merge, option, parse,
-                     resolved_settings, run_cli, setup_logging, stage_options)
+from wan.cli import (RUN_DEFAULTS, STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage, given_values, load_options, merge, option, parse,
+                     resolved_settings, run_cli, run_options, setup_logging, stage_options, start_run)
 from wan.configs import WAN_CONFIGS
 from wan.models import Models
-from wan.report import StageTimer, check_report_path
+from wan.report import check_report_path
 from wan.report.runs import default_report_path, write_run_report
 from wan.modules.vlm import DEFAULT_CAPTIONER
 from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError
@@ -70,10 +70,12 @@ OPTIONS = [
                 "its first frame, the settings and checkpoint fingerprint, per-stage timings and peak memory"),
     *load_options(),
     *stage_options(),
+    *run_options(),
 ]
 DEFAULTS = {"task": "t2v-A14B", "ckpt_dir": None, "save_file": None, "prompt": "", "n_prompt": "", "seed": -1,
             "use_prompt_extend": False, "prompt_extend_method": "local_qwen", "prompt_extend_model": None,
-            "prompt_extend_target_lang": "zh", "report": None, "load": {"offload_model": True}, **STAGE_DEFAULTS}
+            "prompt_extend_target_lang": "zh", "report": None, "load": {"offload_model": True}, **STAGE_DEFAULTS,
+            **RUN_DEFAULTS}
 GENERATION_FIELDS = ("task", "prompt", "n_prompt", "image", "video", "first_frame", "last_frame", "size", "frame_num",
                      "seed", "fps", "sampling")
 
@@ -151,21 +153,23 @@ def main(argv=None):
     if stage in ("all", "decode"):
         check_output_path(output, generation.frame_num)  # before any model loads
     report = None if settings["report"] is None else check_report_path(default_report_path(output, settings["report"]))
-    timer = StageTimer(load.device)
-    with timer.stage("load"):
+    profile = start_run(settings, load.device)
+    with profile.stage("load"):
         models = Models.load(task.config, settings["ckpt_dir"], load, parts=task.parts(stage))
     final = {**settings, **generation.to_dict(), "load": load.to_dict()}
     resolved = resolved_settings(final, OPTIONS)
     written = runner.generate(models, generation, output, stage, settings["stage_dir"], settings["save_every"],
                               settings["stop_after_steps"], given_values(parsed.given, final, GENERATION_FIELDS),
-                              resolved, timer)
+                              resolved, profile, profile.step)
+    profile.finish()
     if written and notes:
         write_json_atomic(f"{os.path.splitext(written)[0]}.prompt.json", notes)
     if written and report:
         inputs = [(getattr(generation, name), name.replace("_", " ")) for name in ("image", "first_frame", "last_frame")
                   if getattr(generation, name)]
         write_run_report(report, f"generate.py: {generation.task}" + ("" if stage == "all" else f" ({stage} stage)"),
-                         [(written, "generated")], {**resolved, "checkpoint fingerprint": models.fingerprint}, timer,
+                         [(written, "generated")], {**resolved, "checkpoint fingerprint": models.fingerprint},
+                         profile.timer,
                          prompts={"prompt": generation.prompt, **(notes or {})}, images=inputs)
         log.info("report: %s", report)
     if written:

@@ -11,11 +11,11 @@ import logging
 import os
 
 from wan import runner, tasks
-from wan.cli import (build_parser, check_checkpoint, load_options, merge, option, parse, resolved_settings, run_cli,
-                     setup_logging)
+from wan.cli import (RUN_DEFAULTS, build_parser, check_checkpoint, load_options, merge, option, parse,
+                     resolved_settings, run_cli, run_options, setup_logging, start_run)
 from wan.models import Models
 from wan.modules.vlm import DEFAULT_CAPTIONER
-from wan.report import StageTimer, check_report_path
+from wan.report import check_report_path
 from wan.report.runs import write_run_report
 from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError, integer
 from wan.tasks.continuation import DEFAULT_CONTINUATION_PROMPT, PROMPTS_LOG, read_prompts_log
@@ -52,10 +52,11 @@ OPTIONS = [
            help="write a self-contained HTML report (default PATH: OUTPUT_DIR/report.html): every video with its "
                 "prompt and seed, the stitched video, settings, per-stage timings and peak memory"),
     *load_options(),
+    *run_options(),
 ]
 DEFAULTS = {"task": "v2v-14B", "num_videos": 12, "output_dir": "./continuous_outputs", "ckpt_dir": None,
             "frame_num": 81, "seed": 42, "prompt": DEFAULT_CONTINUATION_PROMPT, "n_prompt": "", "report": None,
-            "load": {"offload_model": True, "vlm_path": DEFAULT_CAPTIONER}}
+            "load": {"offload_model": True, "vlm_path": DEFAULT_CAPTIONER}, **RUN_DEFAULTS}
 GENERATION_FIELDS = ("task", "prompt", "n_prompt", "video", "size", "frame_num", "seed", "fps", "sampling")
 
 
@@ -88,9 +89,11 @@ def main(argv=None):
         report = check_report_path(settings["report"]) if settings["report"] else \
             os.path.join(settings["output_dir"], "report.html")
     final = {**settings, **generation.to_dict(), "load": load.to_dict()}
-    resolved, timer = resolved_settings(final, OPTIONS), StageTimer(load.device)
+    resolved, profile = resolved_settings(final, OPTIONS), start_run(settings, load.device)
     paths, stitched = runner.run_chain(lambda: Models.load(task.config, settings["ckpt_dir"], load, task.parts()),
-                                       generation, settings["output_dir"], settings["num_videos"], resolved, timer)
+                                       generation, settings["output_dir"], settings["num_videos"], resolved, profile,
+                                       profile.step)
+    profile.finish()
     log.info("chain of %d videos in %s; stitched: %s", len(paths), settings["output_dir"], stitched)
     if report:
         log_entries = read_prompts_log(os.path.join(settings["output_dir"], PROMPTS_LOG))
@@ -98,7 +101,7 @@ def main(argv=None):
         fingerprint = checkpoint_fingerprint(local_folder(settings["ckpt_dir"])) if settings["ckpt_dir"] else None
         write_run_report(report, f"generate_continuous.py: a chain of {len(paths)} videos",
                          [(stitched, "stitched chain")] + [(path, os.path.basename(path)) for path in paths],
-                         {**resolved, "checkpoint fingerprint": fingerprint}, timer, prompts={"prefix": generation.prompt}, tables=[(rows, "videos")])
+                         {**resolved, "checkpoint fingerprint": fingerprint}, profile.timer, prompts={"prefix": generation.prompt}, tables=[(rows, "videos")])
         log.info("report: %s", report)
     return paths, stitched
 

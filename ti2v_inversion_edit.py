@@ -12,11 +12,11 @@ import logging
 import os
 
 from wan import distributed, runner
-from wan.cli import (STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage, given_values, load_options, option, parse,
-                     resolved_settings, run_cli, setup_logging, stage_options)
+from wan.cli import (RUN_DEFAULTS, STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage, given_values, load_options, option, parse,
+                     resolved_settings, run_cli, run_options, setup_logging, stage_options, start_run)
 from wan.configs import WAN_CONFIGS
 from wan.models import Models
-from wan.report import StageTimer, check_report_path
+from wan.report import check_report_path
 from wan.report.runs import default_report_path, video_psnr, write_run_report
 from wan.settings import INVERSION_SCHEMES, SOLVERS, EditSettings, LoadOptions, SettingsError
 from wan.tasks import get_task
@@ -61,10 +61,11 @@ OPTIONS = [
                 "manifest): the edits, comparisons and first frames, PSNR against the source, settings, timings"),
     *load_options(),
     *stage_options(),
+    *run_options(),
 ]
 DEFAULTS = {"ckpt_dir": None, "seed": 42, "save_inversion": None, "load_inversion": None, "comparison": False,
             "manifest": None, "report": None, "load": {"offload_model": False}, **EditSettings().to_dict(),
-            **STAGE_DEFAULTS}
+            **STAGE_DEFAULTS, **RUN_DEFAULTS}
 REQUEST_FIELDS = tuple(EditRequest().to_dict())
 SETTINGS_FIELDS = tuple(EditSettings().to_dict())
 STAGE_FIELDS = {"all": REQUEST_FIELDS[:3] + ("output",), "encode": REQUEST_FIELDS[:3], "denoise": (),
@@ -141,8 +142,8 @@ def main(argv=None):
         if stage in ("all", "decode"):
             check_output_path(request.output, edit_settings.frame_num)
     task = get_task("ti2v-5B")
-    timer = StageTimer(load.device)
-    with timer.stage("load"):
+    profile = start_run(settings, load.device)
+    with profile.stage("load"):
         models = Models.load(WAN_CONFIGS["ti2v-5B"], settings["ckpt_dir"], load, parts=task.parts(stage))
     final = {**settings, **edit_settings.to_dict(), "load": load.to_dict()}
     requested = given_values(parsed.given, final, SETTINGS_FIELDS)
@@ -151,11 +152,13 @@ def main(argv=None):
         resolved = resolved_settings({**final, **request.to_dict()}, OPTIONS)
         if runner.edit(models, request, edit_settings, stage, settings["stage_dir"], settings["save_every"],
                        settings["stop_after_steps"], settings["load_inversion"], settings["save_inversion"],
-                       settings["comparison"], requested, resolved, timer):
+                       settings["comparison"], requested, resolved, profile, profile.step):
             written.append(request)
+    profile.finish()
     if report and written:
         write_edit_report(report, models, written, edit_settings, settings["comparison"],
-                          {**resolved_settings(final, OPTIONS), "checkpoint fingerprint": models.fingerprint}, timer)
+                          {**resolved_settings(final, OPTIONS), "checkpoint fingerprint": models.fingerprint},
+                          profile.timer)
     return [request.output for request in pending]
 
 

@@ -207,8 +207,9 @@ def load_options():
 
     return [
         option("--device", "load.device", help="torch device (default: cuda:0 if available, else cpu)"),
-        option("--offload_model", "load.offload_model", type=str2bool,
-               help="move models to the CPU after use to save GPU memory"),
+        option("--offload_model", "load.offload_model", type=offload_value,
+               help="move models to the CPU after use to save GPU memory (true/false); blocks: also stream the "
+                    "DiT's blocks from pinned host memory, one at a time (A14B on a 24 GB card)"),
         option("--t5_cpu", "load.t5_cpu", action="store_true", help="run the T5 encoder on the CPU"),
         option("--convert_model_dtype", "load.convert_model_dtype", action="store_true",
                help="cast the DiT weights to bf16 on load"),
@@ -250,6 +251,37 @@ def load_options():
         option("--lora_low", "load.lora_low", action="append", metavar="FILE[:STRENGTH]",
                help="a LoRA for the A14B low-noise expert (repeatable)"),
     ]
+
+
+def offload_value(text):
+    """--offload_model: a yes/no value (the official flag), or 'blocks'."""
+    return "blocks" if str(text).strip().lower() == "blocks" else str2bool(text)
+
+
+def run_options():
+    """The flags of every generation script about the run itself, not what it computes."""
+    return [
+        option("--profile", "profile", resolved=False, metavar="DIR",
+               help="write DIR/trace.json (a torch profiler trace of a few denoising steps; open it in Perfetto) and "
+                    "DIR/stages.json (time and peak memory per stage); the stage table is logged either way"),
+        option("--deterministic", "deterministic", action="store_true",
+               help="make GPU runs repeat bit for bit (deterministic cuBLAS/cuDNN kernels, a little slower); CPU "
+                    "runs always do"),
+    ]
+
+
+RUN_DEFAULTS = {"profile": None, "deterministic": False}
+
+
+def start_run(settings, device):
+    """What every generation script does first: deterministic kernels when asked, and the run's
+    profile (its stage table, and with --profile a trace)."""
+    from .profiling import RunProfile
+    from .utils.utils import set_deterministic
+
+    if settings["deterministic"]:
+        set_deterministic()
+    return RunProfile(settings["profile"], device)
 
 
 def check_checkpoint(settings):

@@ -31,6 +31,7 @@ from .modules.clip import CLIPModel
 from .modules.vlm import VideoCaptioner
 from .settings import LoadOptions, SettingsError
 from .step_cache import enable_step_cache
+from .streaming import is_streamed, stream_blocks
 from .utils.checkpoint import checkpoint_fingerprint
 from .utils.video_io import to_model_range
 
@@ -183,16 +184,18 @@ class Models:
             enable_step_cache(model, options.step_cache)
             if options.compile:  # opt-in: fuses the element-wise work; the first steps pay the compile time
                 model.compile_blocks()
+            if options.offload_model == "blocks" and device.type == "cuda":
+                stream_blocks(model, device)
         return tuple(ordered)
 
     # -- placement -------------------------------------------------------------------------
     def place(self, model):
         """Called before an expert runs: it goes to the device, and with two experts at most one is
         there (the other moves to the CPU first). FSDP-sharded experts stay where they are."""
-        if is_sharded(model) or next(model.parameters()).device == self.device:
+        if is_sharded(model) or is_streamed(model) or next(model.parameters()).device == self.device:
             return
         for other in self.experts:
-            if other is not model and not is_sharded(other):
+            if other is not model and not (is_sharded(other) or is_streamed(other)):
                 other.to("cpu")
         model.to(self.device)
 
@@ -201,7 +204,7 @@ class Models:
         if not self.offload_model:
             return
         for model in self.experts:
-            if not is_sharded(model):
+            if not (is_sharded(model) or is_streamed(model)):
                 model.to("cpu")
         gc.collect()
         if torch.cuda.is_available():

@@ -27,6 +27,7 @@ from .utils.fileio import write_json_atomic
 log = logging.getLogger(__name__)
 
 STAGES_FILE, TRACE_FILE = "stages.json", "trace.json"
+TRACED_STAGES = ("denoise", "invert and regenerate")  # the stage names wan.runner gives its denoising
 
 
 class RunProfile:
@@ -45,10 +46,13 @@ class RunProfile:
             os.makedirs(folder, exist_ok=True)
 
     @contextlib.contextmanager
-    def stage(self, name, trace=False):
-        """Time the block as stage `name`. trace=True (once per run, with a folder): the torch profiler
-        runs through the block and records the steps announced by `step()`."""
-        with self.timer.stage(name), (self._tracing() if trace and self.folder else contextlib.nullcontext()):
+    def stage(self, name, trace=None):
+        """Time the block as stage `name`. With a folder, the torch profiler runs through the first
+        traced stage (trace=None: the denoising stages, TRACED_STAGES) and records the steps
+        announced by `step()`."""
+        trace = name in TRACED_STAGES if trace is None else trace
+        tracing = trace and self.folder and not self.traced and self._profiler is None
+        with self.timer.stage(name), (self._tracing() if tracing else contextlib.nullcontext()):
             yield
 
     def step(self):

@@ -93,10 +93,24 @@ class Checkpointing:
 
 
 class Runner:
-    """Runs jobs on `models` (the DiT for denoising, the VAE for decoding)."""
+    """Runs jobs on `models` (the DiT for denoising, the VAE for decoding). `on_step()` is called after
+    every solver step (a profiler's step, a UI's cancel check)."""
 
-    def __init__(self, models, progress=True):
-        self.models, self.progress = models, progress
+    def __init__(self, models, progress=True, on_step=None):
+        self.models, self.progress, self.on_step = models, progress, on_step
+
+    def _callback(self, checkpointing, phase, total):
+        """flow.integrate's callback: the checkpoint's, then on_step."""
+        saving = checkpointing.callback(phase, total) if checkpointing is not None else None
+        if saving is None and self.on_step is None:
+            return None
+
+        def after_step(i, x, history):
+            if saving is not None:
+                saving(i, x, history)
+            if self.on_step is not None:
+                self.on_step()
+        return after_step
 
     def field(self, job, guide_scale):
         m = self.models
@@ -110,12 +124,12 @@ class Runner:
         its file and keeps it up to date (returns None when stopped on request)."""
         s = job.sampling
         schedule = flow.sampling_schedule(s, self.models.num_train_timesteps)
-        start, latent, history, callback = job.start, job.latent, None, None
+        start, latent, history = job.start, job.latent, None
         if checkpointing is not None:
             step, saved, history = checkpointing.resume("generating", self.models.device)
             if saved is not None:
                 start, latent = step, saved
-            callback = checkpointing.callback("generating", len(schedule))
+        callback = self._callback(checkpointing, "generating", len(schedule))
         with self.models.autocast():
             out = flow.integrate(self.field(job, s.guide_scale), latent.to(self.models.device), schedule,
                                  SAMPLERS[s.solver], job.condition, start, history, "denoising", self.progress,
@@ -129,14 +143,14 @@ class Runner:
         inv = job.inversion
         schedule = flow.inversion_schedule(inv.steps, job.shift, inv.strength, self.models.num_train_timesteps,
                                            job.exact_timesteps)
-        start, latent, callback = 0, job.latent, None
+        start, latent = 0, job.latent
         if checkpointing is not None:
             step, saved, _ = checkpointing.resume("inverting", self.models.device)
             if step is None:
                 return None  # the checkpoint is past the inversion
             if saved is not None:
                 start, latent = step, saved
-            callback = checkpointing.callback("inverting", len(schedule))
+        callback = self._callback(checkpointing, "inverting", len(schedule))
         with self.models.autocast():
             out = flow.integrate(self.field(job, inv.guide_scale), latent.to(self.models.device), schedule.reversed(),
                                  INVERSION_STEPPERS[inv.scheme], job.condition, start, None, "inverting",
@@ -210,11 +224,11 @@ def settings_beside(output, resolved):
 
 
 def generate(models, generation, output, stage="all", stage_dir=None, save_every=0, stop_after=None,
-             requested=None, resolved=None, timer=None):
+             requested=None, resolved=None, timer=None, on_step=None):
     """Generate one video, whole or one stage (see the module docstring). `requested`: the settings
     given explicitly, which a later stage checks against the job's file. Returns the output path when
     a video was written."""
-    runner, folder, timer = Runner(models), stage_dir or "", timer or StageTimer(models.device)
+    runner, folder, timer = Runner(models, on_step=on_step), stage_dir or "", timer or StageTimer(models.device)
     encoded, latent_file = os.path.join(folder, ENCODED), os.path.join(folder, LATENT)
     if stage in ("all", "encode"):
         with timer.stage("encode"):
@@ -256,9 +270,10 @@ def generate(models, generation, output, stage="all", stage_dir=None, save_every
 
 
 def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, stop_after=None,
-         load_inversion=None, save_inversion=None, comparison=False, requested=None, resolved=None, timer=None):
+         load_inversion=None, save_inversion=None, comparison=False, requested=None, resolved=None, timer=None,
+         on_step=None):
     """One edit, whole or one stage; returns the output path when a video was written."""
-    runner, folder, timer = Runner(models), stage_dir or "", timer or StageTimer(models.device)
+    runner, folder, timer = Runner(models, on_step=on_step), stage_dir or "", timer or StageTimer(models.device)
     encoded, latent_file = os.path.join(folder, ENCODED), os.path.join(folder, LATENT)
     edit_job = None
     if stage in ("all", "encode"):
@@ -309,7 +324,7 @@ def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, s
     return output
 
 
-def run_chain(load_models, generation, output_dir, num_videos, resolved=None, timer=None):
+def run_chain(load_models, generation, output_dir, num_videos, resolved=None, timer=None, on_step=None):
     """Videos 1..num_videos into `output_dir`: video 1 continues generation.video, video i continues
     video i-1 with seed generation.seed + i - 1. Videos already in the prompts log are kept, so a
     rerun resumes after the last finished one. `load_models()` is called only if something is left.
@@ -334,7 +349,7 @@ def run_chain(load_models, generation, output_dir, num_videos, resolved=None, ti
         log.info("video %d/%d: continuing %s (seed %d)", index, num_videos, source, seed)
         with timer.stage("caption and encode"):
             job = tasks.prepare(models, generation.replace(video=source, seed=seed))
-        path, runner = os.path.join(output_dir, name), Runner(models)
+        path, runner = os.path.join(output_dir, name), Runner(models, on_step=on_step)
         with timer.stage("denoise"):
             latent = runner.denoise(job)
         with timer.stage("decode and write"):

@@ -235,7 +235,9 @@ class LoadOptions(Settings):
     inexact speed options fp8, attention='flash-fp8' and step_cache."""
 
     device: str = None  # None: cuda:0 when available, else the CPU
-    offload_model: bool = True  # move each network to the CPU after use (GPU memory)
+    # Move each network to the CPU after use (GPU memory); "blocks": the DiT's blocks also wait in pinned
+    # host memory and reach the GPU one at a time, just ahead of use (A14B on a 24 GB card).
+    offload_model: object = True
     t5_cpu: bool = False
     convert_model_dtype: bool = False  # store the DiT in bf16
     vae_dtype: str = "fp32"
@@ -268,9 +270,10 @@ class LoadOptions(Settings):
             text(name, getattr(self, name), optional=True)
         for name in ("lora", "lora_high", "lora_low"):
             _set(self, name, text_list(name, getattr(self, name)))
-        for name in ("offload_model", "t5_cpu", "convert_model_dtype", "compile", "fp8", "t5_fsdp", "dit_fsdp",
-                     "cfg_parallel"):
+        for name in ("t5_cpu", "convert_model_dtype", "compile", "fp8", "t5_fsdp", "dit_fsdp", "cfg_parallel"):
             flag(name, getattr(self, name))
+        if self.offload_model != "blocks":
+            flag("offload_model", self.offload_model)
         choice("vae_dtype", self.vae_dtype, VAE_DTYPES)
         choice("attention", self.attention, ATTENTION_BACKENDS, optional=True)
         _set(self, "step_cache", number("step_cache", self.step_cache, low=0, high=10))
