@@ -109,12 +109,6 @@ class GuidedVelocity:
         return ("the low-noise expert", "the high-noise expert")[self.expert_index(t)]
 
     def __call__(self, x, t):
-        velocity = self._guided(x, t)
-        finite = torch.isfinite(velocity).all()
-        self.finite = finite if self.finite is None else self.finite & finite
-        return velocity
-
-    def _guided(self, x, t):
         index = self.expert_index(t)
         model, scale = self.experts[index], self.guide_scales[index]
         if self.prepare is not None:
@@ -129,16 +123,20 @@ class GuidedVelocity:
             inputs["clip_fea"] = self.condition.clip_fea.to(device)
         if scale == 1.0 or self.context_null is None:
             # Under CFG parallelism both ranks run this same pass, keeping sharded weights in step.
-            return model([x], context=self.context, **inputs)[0]
-        if self.cfg_parallel is not None:
-            context = self.context if self.cfg_parallel.runs_cond else self.context_null
-            cond, uncond = self.cfg_parallel.exchange(model([x], context=context, **inputs)[0])
-        elif self.batch_cfg:  # one latent under both prompts: the model shares their common work
-            cond, uncond = model([x], context=self.context + self.context_null, **inputs)
+            velocity = model([x], context=self.context, **inputs)[0]
         else:
-            cond = model([x], context=self.context, **inputs)[0]
-            uncond = model([x], context=self.context_null, **inputs)[0]
-        return uncond + scale * (cond - uncond)
+            if self.cfg_parallel is not None:
+                context = self.context if self.cfg_parallel.runs_cond else self.context_null
+                cond, uncond = self.cfg_parallel.exchange(model([x], context=context, **inputs)[0])
+            elif self.batch_cfg:  # one latent under both prompts: the model shares their common work
+                cond, uncond = model([x], context=self.context + self.context_null, **inputs)
+            else:
+                cond = model([x], context=self.context, **inputs)[0]
+                uncond = model([x], context=self.context_null, **inputs)[0]
+            velocity = uncond + scale * (cond - uncond)
+        finite = torch.isfinite(velocity).all()  # for FiniteGuard's report: one small reduction per call
+        self.finite = finite if self.finite is None else self.finite & finite
+        return velocity
 
 
 # ---------------------------------------------------------------------------- schedules

@@ -118,10 +118,11 @@ class Runner:
                                    guide_scale, job.seq_len, job.condition, m.config.get("boundary"),
                                    m.num_train_timesteps, prepare=m.place, cfg_parallel=m.cfg_parallel)
 
-    @torch.no_grad()
-    def denoise(self, job, checkpointing=None):
-        """Sample `job` from its latent; the final latent (fp32). With checkpointing, resumes from
-        its file and keeps it up to date (returns None when stopped on request)."""
+    # A plan is flow.integrate's arguments: the methods below call flow.integrate themselves, so an
+    # edit reaches the network in few calls (script -> wan.runner.edit -> Runner.edit -> integrate ->
+    # stepper -> GuidedVelocity -> WanModel).
+    def sampling_plan(self, job, checkpointing=None):
+        """How `job` is sampled from its latent (resumed from the checkpoint's file when it has one)."""
         s = job.sampling
         schedule = flow.sampling_schedule(s, self.models.num_train_timesteps)
         start, latent, history = job.start, job.latent, None
@@ -129,32 +130,45 @@ class Runner:
             step, saved, history = checkpointing.resume("generating", self.models.device)
             if saved is not None:
                 start, latent = step, saved
-        callback = self._callback(checkpointing, "generating", len(schedule))
+        return dict(field=self.field(job, s.guide_scale), x=latent.to(self.models.device), schedule=schedule,
+                    step=SAMPLERS[s.solver], condition=job.condition, start=start, history=history,
+                    desc="denoising", progress=self.progress,
+                    callback=self._callback(checkpointing, "generating", len(schedule)))
+
+    def inversion_plan(self, job, checkpointing=None):
+        """How the clean latent of `job` is integrated up its schedule; None when the checkpoint is past it."""
+        inv = job.inversion
+        schedule = flow.inversion_schedule(inv.steps, job.shift, inv.strength, self.models.num_train_timesteps,
+                                           job.exact_timesteps).reversed()
+        start, latent = 0, job.latent
+        if checkpointing is not None:
+            step, saved, _ = checkpointing.resume("inverting", self.models.device)
+            if step is None:
+                return None
+            if saved is not None:
+                start, latent = step, saved
+        return dict(field=self.field(job, inv.guide_scale), x=latent.to(self.models.device), schedule=schedule,
+                    step=INVERSION_STEPPERS[inv.scheme], condition=job.condition, start=start, desc="inverting",
+                    progress=self.progress, callback=self._callback(checkpointing, "inverting", len(schedule)))
+
+    @torch.no_grad()
+    def denoise(self, job, checkpointing=None):
+        """Sample `job` from its latent; the final latent (fp32). With checkpointing, resumes from
+        its file and keeps it up to date (raises StopRequested when stopped on request)."""
         with self.models.autocast():
-            out = flow.integrate(self.field(job, s.guide_scale), latent.to(self.models.device), schedule,
-                                 SAMPLERS[s.solver], job.condition, start, history, "denoising", self.progress,
-                                 callback)
+            out = flow.integrate(**self.sampling_plan(job, checkpointing))
         self.models.release()
         return out
 
     @torch.no_grad()
     def invert(self, job, checkpointing=None):
-        """Integrate the clean latent of `job` up its schedule: the latent at the schedule's top."""
-        inv = job.inversion
-        schedule = flow.inversion_schedule(inv.steps, job.shift, inv.strength, self.models.num_train_timesteps,
-                                           job.exact_timesteps)
-        start, latent = 0, job.latent
-        if checkpointing is not None:
-            step, saved, _ = checkpointing.resume("inverting", self.models.device)
-            if step is None:
-                return None  # the checkpoint is past the inversion
-            if saved is not None:
-                start, latent = step, saved
-        callback = self._callback(checkpointing, "inverting", len(schedule))
+        """Integrate the clean latent of `job` up its schedule: the latent at the schedule's top (None
+        when the checkpoint is past the inversion)."""
+        plan = self.inversion_plan(job, checkpointing)
+        if plan is None:
+            return None
         with self.models.autocast():
-            out = flow.integrate(self.field(job, inv.guide_scale), latent.to(self.models.device), schedule.reversed(),
-                                 INVERSION_STEPPERS[inv.scheme], job.condition, start, None, "inverting",
-                                 self.progress, callback)
+            out = flow.integrate(**plan)
         self.models.release()
         return out
 
@@ -163,23 +177,31 @@ class Runner:
         """Invert the source (or reuse a saved inversion) and regenerate: the edited latent."""
         generation = edit_job.generation
         if load_inversion:
-            inversion = jobs.load(load_inversion, "inversion")
-            inversion.check_matches(edit_job.source, self.models.fingerprint)
-            if inversion.settings["shift"] != generation.sampling.shift:
-                raise WanInputError(f"load_inversion: {load_inversion} was inverted with shift "
-                                    f"{inversion.settings['shift']}, this edit samples with {generation.sampling.shift}")
-            log.info("reusing inversion %s", load_inversion)
-            generation.latent = inversion.latent
+            generation.latent = self._saved_inversion(edit_job, load_inversion)
         else:
-            noise = self.invert(edit_job.inversion, checkpointing)
-            if noise is not None:
-                generation.latent = noise
+            plan = self.inversion_plan(edit_job.inversion, checkpointing)
+            if plan is not None:
+                with self.models.autocast():
+                    generation.latent = flow.integrate(**plan)
                 if save_inversion and self.models.layout.writes_outputs:
                     record = inversion_result(edit_job.inversion, edit_job.source,
-                                              generation.record.get("source_prompt"), noise, self.models.fingerprint)
+                                              generation.record.get("source_prompt"), generation.latent,
+                                              self.models.fingerprint)
                     jobs.save(save_inversion, "inversion", record)
                     log.info("saved the inversion to %s", save_inversion)
-        return self.denoise(generation, checkpointing)
+        with self.models.autocast():
+            out = flow.integrate(**self.sampling_plan(generation, checkpointing))
+        self.models.release()
+        return out
+
+    def _saved_inversion(self, edit_job, path):
+        inversion = jobs.load(path, "inversion")
+        inversion.check_matches(edit_job.source, self.models.fingerprint)
+        if inversion.settings["shift"] != edit_job.generation.sampling.shift:
+            raise WanInputError(f"load_inversion: {path} was inverted with shift {inversion.settings['shift']}, "
+                                f"this edit samples with {edit_job.generation.sampling.shift}")
+        log.info("reusing inversion %s", path)
+        return inversion.latent
 
     @torch.no_grad()
     def write_edit(self, latent, output, fps, source_frames=None, target=None):
