@@ -36,7 +36,7 @@ $(STAMP): requirements.txt requirements-ui.txt requirements-gpu.txt constraints-
 
 DEMO := demo_out
 CLIP := tests/data/kitten-turning-head
-demo: $(STAMP)
+demo: $(STAMP) browser-deps
 	@echo "== 1/4 a real edit with the trained toy-world model (assets/toyworld-ti2v): a rendered scene, its first"
 	@echo "       frame recoloured and reshaped, scored against ground truth -> $(DEMO)/toyworld"
 	$(PY) -m wan.toyworld.demo --out_dir $(DEMO)/toyworld
@@ -55,6 +55,14 @@ demo: $(STAMP)
 		--sample_steps 10 --base_seed 42 --save_file $(DEMO)/dog_ti2v.mp4
 	@echo "Outputs (toyworld/: the trained toy model; the rest: random tiny weights, a pipeline check):"
 	@ls -1 $(DEMO)/toyworld/*.mp4 $(DEMO)/*.mp4 $(DEMO)/*.png $(DEMO)/*.safetensors
+
+# Debian's chromium (browser tests, reports) and ffmpeg: installed with apt as root when missing.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v ffmpeg >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ffmpeg) \
+		|| echo "note: apt-get could not install chromium/ffmpeg; the browser tests will be skipped"; \
+	else echo "note: chromium/ffmpeg missing and no apt-get as root; the browser tests will be skipped"; fi
 
 test: $(STAMP) browser-deps
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --durations=10
