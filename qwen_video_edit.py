@@ -38,6 +38,11 @@ from wan.utils.video_io import check_output_path
 from wan.settings import size
 
 COMMANDS = ("extract", "edit", "assemble", "video")
+# The library's setting names and the flags that set them, for one-line errors.
+FLAGS = {**{name: f"--{name}" for name in ("stride", "max_frames", "edge_frames_dir", "frames_dir", "fps", "dtype",
+                                             "num_inference_steps", "lpips_weights")},
+         **{name: f"--ttlg_{name}" for name in ("edge_scale", "gram_scale", "temporal_scale", "lr", "last_steps",
+                                                 "every")}}
 REPORT_NAME = "report.html"
 
 
@@ -317,4 +322,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, flags=FLAGS)

@@ -170,12 +170,11 @@ def setup_logging(rank=0):
     logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stderr)
 
 
-def run_cli(main, options=(), argv=None):
+def run_cli(main, options=(), argv=None, flags=None):
     """Run `main(argv)`. A WanError (bad setting, file or checkpoint; a run gone non-finite) becomes
     one line on stderr naming the flag, and exit status 2 (3 for non-finite numbers). WAN_DEBUG=1
-    shows the traceback instead."""
-    flags = {opt.path: opt.flag for opt in options}
-    flags["config"] = "--config"
+    shows the traceback instead. `flags`: more setting-to-flag names, for scripts without option tables."""
+    flags = {**{opt.path: opt.flag for opt in options}, **(flags or {}), "config": "--config"}
     try:
         return main(argv)
     except WanError as err:

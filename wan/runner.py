@@ -118,9 +118,9 @@ class Runner:
                                    guide_scale, job.seq_len, job.condition, m.config.get("boundary"),
                                    m.num_train_timesteps, prepare=m.place, cfg_parallel=m.cfg_parallel)
 
-    # A plan is flow.integrate's arguments: the methods below call flow.integrate themselves, so an
-    # edit reaches the network in few calls (script -> wan.runner.edit -> Runner.edit -> integrate ->
-    # stepper -> GuidedVelocity -> WanModel).
+    # A plan is flow.integrate's arguments. The stage functions below call flow.integrate on plans
+    # themselves, so a script reaches the network in five calls: script -> wan.runner.edit (or
+    # generate) -> flow.integrate -> stepper -> GuidedVelocity -> WanModel.
     def sampling_plan(self, job, checkpointing=None):
         """How `job` is sampled from its latent (resumed from the checkpoint's file when it has one)."""
         s = job.sampling
@@ -151,57 +151,60 @@ class Runner:
                     step=INVERSION_STEPPERS[inv.scheme], condition=job.condition, start=start, desc="inverting",
                     progress=self.progress, callback=self._callback(checkpointing, "inverting", len(schedule)))
 
-    @torch.no_grad()
+    def edit_start(self, edit_job, load_inversion=None, checkpointing=None):
+        """Where an edit's regeneration starts. From a saved inversion: its latent is put in place and
+        None returned. Otherwise the inversion's plan (None when a resumed checkpoint is past it);
+        `keep_inversion` takes its result."""
+        if not load_inversion:
+            return self.inversion_plan(edit_job.inversion, checkpointing)
+        inversion = jobs.load(load_inversion, "inversion")
+        inversion.check_matches(edit_job.source, self.models.fingerprint)
+        if inversion.settings["shift"] != edit_job.generation.sampling.shift:
+            raise WanInputError(f"load_inversion: {load_inversion} was inverted with shift "
+                                f"{inversion.settings['shift']}, this edit samples with "
+                                f"{edit_job.generation.sampling.shift}")
+        log.info("reusing inversion %s", load_inversion)
+        edit_job.generation.latent = inversion.latent
+        return None
+
+    def keep_inversion(self, edit_job, noise, save_inversion=None):
+        """The inverted latent becomes the regeneration's start; saved to `save_inversion` when given."""
+        edit_job.generation.latent = noise
+        if save_inversion and self.models.layout.writes_outputs:
+            record = inversion_result(edit_job.inversion, edit_job.source,
+                                      edit_job.generation.record.get("source_prompt"), noise, self.models.fingerprint)
+            jobs.save(save_inversion, "inversion", record)
+            log.info("saved the inversion to %s", save_inversion)
+
+    @contextlib.contextmanager
+    def running(self):
+        """No autograd, the networks' autocast, and offloaded networks moved off the GPU afterwards."""
+        with torch.no_grad(), self.models.autocast():
+            yield
+        self.models.release()
+
     def denoise(self, job, checkpointing=None):
         """Sample `job` from its latent; the final latent (fp32). With checkpointing, resumes from
         its file and keeps it up to date (raises StopRequested when stopped on request)."""
-        with self.models.autocast():
-            out = flow.integrate(**self.sampling_plan(job, checkpointing))
-        self.models.release()
-        return out
+        with self.running():
+            return flow.integrate(**self.sampling_plan(job, checkpointing))
 
-    @torch.no_grad()
     def invert(self, job, checkpointing=None):
         """Integrate the clean latent of `job` up its schedule: the latent at the schedule's top (None
         when the checkpoint is past the inversion)."""
         plan = self.inversion_plan(job, checkpointing)
         if plan is None:
             return None
-        with self.models.autocast():
-            out = flow.integrate(**plan)
-        self.models.release()
-        return out
+        with self.running():
+            return flow.integrate(**plan)
 
-    @torch.no_grad()
     def edit(self, edit_job, load_inversion=None, save_inversion=None, checkpointing=None):
         """Invert the source (or reuse a saved inversion) and regenerate: the edited latent."""
-        generation = edit_job.generation
-        if load_inversion:
-            generation.latent = self._saved_inversion(edit_job, load_inversion)
-        else:
-            plan = self.inversion_plan(edit_job.inversion, checkpointing)
-            if plan is not None:
-                with self.models.autocast():
-                    generation.latent = flow.integrate(**plan)
-                if save_inversion and self.models.layout.writes_outputs:
-                    record = inversion_result(edit_job.inversion, edit_job.source,
-                                              generation.record.get("source_prompt"), generation.latent,
-                                              self.models.fingerprint)
-                    jobs.save(save_inversion, "inversion", record)
-                    log.info("saved the inversion to %s", save_inversion)
-        with self.models.autocast():
-            out = flow.integrate(**self.sampling_plan(generation, checkpointing))
-        self.models.release()
-        return out
-
-    def _saved_inversion(self, edit_job, path):
-        inversion = jobs.load(path, "inversion")
-        inversion.check_matches(edit_job.source, self.models.fingerprint)
-        if inversion.settings["shift"] != edit_job.generation.sampling.shift:
-            raise WanInputError(f"load_inversion: {path} was inverted with shift {inversion.settings['shift']}, "
-                                f"this edit samples with {edit_job.generation.sampling.shift}")
-        log.info("reusing inversion %s", path)
-        return inversion.latent
+        with self.running():
+            inversion = self.edit_start(edit_job, load_inversion, checkpointing)
+            if inversion is not None:
+                self.keep_inversion(edit_job, flow.integrate(**inversion), save_inversion)
+            return flow.integrate(**self.sampling_plan(edit_job.generation, checkpointing))
 
     @torch.no_grad()
     def write_edit(self, latent, output, fps, source_frames=None, target=None):
@@ -267,8 +270,8 @@ def generate(models, generation, output, stage="all", stage_dir=None, save_every
         checkpointing = Checkpointing(os.path.join(folder, CHECKPOINT), job_key("generation", job), save_every,
                                       stop_after, models.fingerprint)
         try:
-            with timer.stage("denoise"):
-                latent = runner.denoise(job, checkpointing)
+            with timer.stage("denoise"), runner.running():
+                latent = flow.integrate(**runner.sampling_plan(job, checkpointing))
         except StopRequested as stop:
             log.info("stopped after %s; run the denoise stage again to resume", stop)
             return None
@@ -278,8 +281,8 @@ def generate(models, generation, output, stage="all", stage_dir=None, save_every
         checkpointing.done()
         return None
     if stage == "all":
-        with timer.stage("denoise"):
-            latent, record = runner.denoise(job), job.record
+        with timer.stage("denoise"), runner.running():
+            latent, record = flow.integrate(**runner.sampling_plan(job)), job.record
     else:
         tensors, header = jobs.read(latent_file, "latent", models.fingerprint)
         latent, record = tensors["latent"], header["record"]
@@ -316,8 +319,11 @@ def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, s
             checkpointing = Checkpointing(os.path.join(folder, CHECKPOINT), job_key("edit", edit_job), save_every,
                                           stop_after, models.fingerprint)
         try:
-            with timer.stage("invert and regenerate"):
-                latent = runner.edit(edit_job, load_inversion, save_inversion, checkpointing)
+            with timer.stage("invert and regenerate"), runner.running():  # as Runner.edit, one call nearer the network
+                inversion = runner.edit_start(edit_job, load_inversion, checkpointing)
+                if inversion is not None:
+                    runner.keep_inversion(edit_job, flow.integrate(**inversion), save_inversion)
+                latent = flow.integrate(**runner.sampling_plan(edit_job.generation, checkpointing))
         except StopRequested as stop:
             log.info("stopped after %s; run the denoise stage again to resume", stop)
             return None

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ..errors import WanInputError
+from ..settings import SettingsError
 from ..utils.fileio import atomic_path
 from ..utils.video_io import from_model_range, load_image
 
@@ -22,15 +23,15 @@ OUTPUT_PATTERN = "frame_{:05d}.png"
 SUMMARY_LABEL = "mean"
 
 
-def list_images(folder, flag):
-    """Sorted image files of `folder` (hidden and partial files skipped); at least one."""
+def list_images(folder, name):
+    """Sorted image files of `folder`, the setting `name` (hidden and partial files skipped); at least one."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise WanInputError(f"{flag} is not a folder: {folder}")
+        raise SettingsError(name, f"is not a folder: {folder}")
     images = sorted(p for p in folder.iterdir()
                     if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
     if not images:
-        raise WanInputError(f"{flag} {folder} has no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
+        raise SettingsError(name, f"{folder} has no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
     return images
 
 

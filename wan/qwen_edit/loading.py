@@ -13,6 +13,7 @@ import torch
 from transformers import Qwen2VLProcessor
 
 from ..errors import WanInputError
+from ..settings import SettingsError
 from ..utils.hub import local_folder
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -32,7 +33,7 @@ def resolve_dtype(name, device):
     if name == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     if name not in DTYPES:
-        raise WanInputError(f"--dtype must be one of auto, {', '.join(DTYPES)}; got {name!r}")
+        raise SettingsError("dtype", f"must be one of auto, {', '.join(DTYPES)}; got {name!r}")
     return DTYPES[name]
 
 

@@ -15,7 +15,7 @@ weights and works offline.
 import torch
 import torch.nn.functional as F
 
-from ..errors import WanInputError
+from ..settings import SettingsError
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 LOSS_MAX_SIDE = 256  # edge/temporal losses run on frames pooled to at most this side
@@ -150,13 +150,13 @@ def _load_lpips(weights_path, net, device):
     try:
         import lpips
     except ImportError:
-        raise WanInputError("--lpips_weights needs the `lpips` package (and torchvision); install them or "
-                            "leave the flag out to report the VAE-feature distance") from None
+        raise SettingsError("lpips_weights", "needs the `lpips` package (and torchvision); install them or leave "
+                                             "it out to report the VAE-feature distance") from None
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise WanInputError(f"cannot read --lpips_weights {weights_path}: {' '.join(str(exc).split())[:200]}") \
-            from None
+        raise SettingsError("lpips_weights", f"cannot be read ({weights_path}: "
+                                             f"{' '.join(str(exc).split())[:200]})") from None
     model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
     model.net.load_state_dict(_trunk_state_for_lpips(model.net.state_dict(), state, weights_path, net))
     return model.eval().to(device)
@@ -168,7 +168,6 @@ def _trunk_state_for_lpips(own_state, torchvision_state, weights_path, net):
     for key in own_state:
         source = "features." + key.split(".", 1)[1]
         if source not in torchvision_state:
-            raise WanInputError(f"--lpips_weights {weights_path} is not a torchvision {net} file "
-                                f"(no {source})")
+            raise SettingsError("lpips_weights", f"{weights_path} is not a torchvision {net} file (no {source})")
         mapped[key] = torchvision_state[source]
     return mapped

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import WanInputError
+from ..settings import SettingsError
 from .losses import VaeEncoderFeatures, edge_loss, gram_loss, gram_matrix, temporal_loss
 
 # The model's own condition sizes (pixel areas), as in diffusers' pipeline_qwenimage_edit_plus.
@@ -41,10 +42,13 @@ class GuidanceSettings:
     every: int = 1
 
     def __post_init__(self):
-        if min(self.edge_scale, self.gram_scale, self.temporal_scale, self.lr) < 0:
-            raise WanInputError("TTLG scales and --ttlg_lr must not be negative")
-        if self.last_steps < 0 or self.every < 1:
-            raise WanInputError("--ttlg_last_steps must be >= 0 and --ttlg_every >= 1")
+        for name in ("edge_scale", "gram_scale", "temporal_scale", "lr"):
+            if not getattr(self, name) >= 0:
+                raise SettingsError(name, f"must not be negative, got {getattr(self, name)}")
+        if self.last_steps < 0:
+            raise SettingsError("last_steps", f"must be >= 0, got {self.last_steps}")
+        if self.every < 1:
+            raise SettingsError("every", f"must be >= 1, got {self.every}")
 
     @property
     def weights(self):
@@ -175,7 +179,7 @@ class QwenFrameEditor:
         from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift, retrieve_timesteps
 
         if num_steps < 1:
-            raise WanInputError(f"--num_inference_steps must be at least 1, got {num_steps}")
+            raise SettingsError("num_inference_steps", f"must be at least 1, got {num_steps}")
         scheduler = self.pipe.scheduler
         config = scheduler.config
         mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import WanInputError
+from ..settings import SettingsError
 from ..utils.fileio import write_json_atomic
 from ..utils.video_io import load_image, probe_video, read_video, resize_center_crop, write_video
 from .frames import (completed_count, image_size, list_images, load_frame, model_to_pil, output_path,
@@ -45,8 +46,10 @@ def extract(video, out_dir, stride=1, size=None, max_frames=None):
     """Write OUT/init_frame.png (the first frame) and OUT/edges/edge_NNNNN.png (normalised Sobel maps)
     of every `stride`-th frame, resized and centre-cropped to `size` (w, h; default the video's size
     floored to multiples of 16). Returns (init frame path, edge folder, frame count)."""
-    if stride < 1 or (max_frames is not None and max_frames < 1):
-        raise WanInputError("--stride and --max_frames must be at least 1")
+    if stride < 1:
+        raise SettingsError("stride", f"must be at least 1, got {stride}")
+    if max_frames is not None and max_frames < 1:
+        raise SettingsError("max_frames", f"must be at least 1, got {max_frames}")
     limit = None if max_frames is None else stride * (max_frames - 1) + 1
     frames, _ = read_video(video, max_frames=limit)
     frames = frames[::stride][:max_frames]
@@ -98,7 +101,7 @@ def edit_frames(editor, job, perceptual):
     old_rows = read_metrics(metrics_path)
     logging.info("%d of %d frames already done in %s", done, len(edge_paths), job.out_frames_dir)
 
-    init = load_frame(job.init_frame, size, "--init_frame")
+    init = load_frame(job.init_frame, size, "init frame")
     rows = [_recorded_or_measured(editor, perceptual, job, edge_paths, index, size, init, old_rows)
             for index in range(done)]
     for index in tqdm(range(done, len(edge_paths)), desc="frames", initial=done, total=len(edge_paths)):
@@ -133,9 +136,9 @@ def finished_rows(job):
 def check_job(job):
     """Fail now on a bad input file, not after an hour of editing; returns the edge frame paths."""
     if job.max_frames is not None and job.max_frames < 1:
-        raise WanInputError("--max_frames must be at least 1")
+        raise SettingsError("max_frames", f"must be at least 1, got {job.max_frames}")
     image_size(job.init_frame)
-    edge_paths = list_images(job.edge_frames_dir, "--edge_frames_dir")[: job.max_frames]
+    edge_paths = list_images(job.edge_frames_dir, "edge_frames_dir")[: job.max_frames]
     for path in edge_paths:
         image_size(path)
     return edge_paths
@@ -299,13 +302,13 @@ def _assemble_if_stale(frames_dir, output, fps, count):
 def assemble(frames_dir, output, fps):
     """Encode the folder's frame_NNNNN.png files (sorted) into an H.264 mp4 at `fps`."""
     if fps <= 0:
-        raise WanInputError(f"--fps must be positive, got {fps}")
-    paths = [p for p in list_images(frames_dir, "--frames_dir") if p.name.startswith("frame_")]
+        raise SettingsError("fps", f"must be positive, got {fps}")
+    paths = [p for p in list_images(frames_dir, "frames_dir") if p.name.startswith("frame_")]
     if not paths:
-        raise WanInputError(f"--frames_dir {frames_dir} has no frame_NNNNN.png files")
+        raise SettingsError("frames_dir", f"{frames_dir} has no frame_NNNNN.png files")
     sizes = {image_size(p) for p in paths}
     if len(sizes) > 1:
-        raise WanInputError(f"--frames_dir {frames_dir}: frames differ in size ({sorted(sizes)})")
+        raise SettingsError("frames_dir", f"{frames_dir}: frames differ in size ({sorted(sizes)})")
     frames = (np.asarray(load_image(p)) for p in tqdm(paths, desc="assemble"))
     write_video(frames, output, fps)
     logging.info("wrote %d frames at %g fps to %s", len(paths), fps, output)

@@ -4,7 +4,7 @@ and from running).
 
     models = Models.load(task.config, ckpt_dir, LoadOptions(), parts=task.parts("all"))
     job = prepare(models, Generation.from_dict({**defaults("ti2v-5B"), "prompt": "A red fox"}))
-    video = Runner(models).generate(job)          # wan.runner
+    latent = Runner(models).denoise(job)          # wan.runner; Runner.write_video decodes and writes
 """
 import json
 import os
