@@ -36,7 +36,7 @@ RABBIT = os.path.join(DATA, "rabbit-figurine", "source.mp4")
 KILLS = 3
 SEED = 21
 FIRST_LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d ")
-LOADING_DIT = re.compile(r"INFO: loading DiT ")
+LOADING_DIT = re.compile(r"INFO: DiT ")  # wan.loading has read the DiT: the work begins
 LOADING_QWEN = re.compile(r"INFO: loading Qwen-Image-Edit components ")  # after the editor's lazy imports
 TEMPORARY = re.compile(r"\.partial|\.replaced")
 TIMEOUT = 300
@@ -314,10 +314,18 @@ def test_a_kill_between_an_edit_and_its_settings(ckpt, tmp_path, monkeypatch):
     manifest.write_text(json.dumps(edit) + "\n")
     argv = ["--ckpt_dir", ckpt, "--manifest", str(manifest), "--frame_num", "5", "--inversion_steps", "1",
             "--generation_steps", "1", "--max_area", "4096", "--device", "cpu"]
+    settings = tmp_path / "edit.settings.yaml"
+    write_yaml_atomic = runner.write_yaml_atomic
+
+    def killed_after_the_settings(path, values):
+        write_yaml_atomic(path, values)
+        raise Killed
+
     with monkeypatch.context() as patch:
-        patch.setattr(runner, "write_settings", lambda *args: (_ for _ in ()).throw(Killed()))
+        patch.setattr(runner, "write_yaml_atomic", killed_after_the_settings)
         with pytest.raises(Killed):
             ti2v_inversion_edit.main(argv)
-    assert output.exists()
+    # The settings come first: no video exists without them, and the edit is not counted as done.
+    assert settings.exists() and not output.exists()
     ti2v_inversion_edit.main(argv)  # the rerun
-    assert (tmp_path / "edit.settings.yaml").exists()
+    assert output.exists() and settings.exists()

@@ -127,9 +127,11 @@ def test_bad_inputs(tiny_checkpoint, internvl, tmp_path):
         with pytest.raises(WanInputError, match=re.escape(message)):
             generate.main(base + extra)
     assert not os.path.exists(tmp_path / "x.mp4")
-    result = run_script("generate.py", *base, "--video", RABBIT)
+    result = run_script("generate.py", *base, "--video", RABBIT, env={"HF_HOME": str(tmp_path / "empty_hf_home")})
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: --vlm_path is required for v2v-5B")
+    # Without --vlm_path the seed's captioner is looked up in the local cache (empty here): one line, no download.
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: captioner OpenGVLab/InternVL3_5-8B-HF is not in the local Hugging Face cache")
 
 
 def run_chain(tiny_checkpoint, internvl, output_dir, num_videos):

@@ -93,19 +93,24 @@ def read_config(path, options):
     if not isinstance(tree, dict):
         raise SettingsError("config", f"{path} must hold a mapping of settings")
     known = {opt.path for opt in options}
-    for path_name in _leaf_paths(tree):
-        if path_name not in known and not any(k.startswith(path_name + ".") for k in known):
+    for path_name, value in _leaves(tree):
+        if path_name in known:
+            continue
+        if not any(k.startswith(path_name + ".") for k in known):
             raise SettingsError("config", f"{path}: {path_name!r} is not a setting of this script")
+        if value != {}:  # a section (load, sampling...) holds settings, not a value
+            raise SettingsError("config", f"{path}: {path_name!r} must be a mapping of settings, got {value!r}")
     return tree
 
 
-def _leaf_paths(tree, prefix=""):
+def _leaves(tree, prefix=""):
+    """(dotted name, value) of every leaf of a settings tree; an empty mapping is a leaf."""
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            yield from _leaf_paths(value, f"{name}.")
+            yield from _leaves(value, f"{name}.")
         else:
-            yield name
+            yield name, value
 
 
 @dataclass
@@ -139,7 +144,7 @@ def parse_with_config(parser, argv, subparser=None):
         target = subparser or parser
         options = [option(a.option_strings[-1], a.dest) for a in target._actions if a.option_strings]
         values = read_config(config, options)
-        nested = [path for path in _leaf_paths(values) if "." in path]
+        nested = [path for path, _ in _leaves(values) if "." in path]
         if nested:
             raise SettingsError("config", f"{config}: {nested[0]!r} is not a setting of this script")
         target.set_defaults(**values)
@@ -149,7 +154,7 @@ def parse_with_config(parser, argv, subparser=None):
 def given_values(given, settings, names):
     """{dotted name: value} of the settings given (on the command line or in --config) under the
     top-level `names`, with the values as the settings objects normalised them (`settings`)."""
-    return {path: get_path(settings, path) for path in _leaf_paths(given) if path.split(".")[0] in names}
+    return {path: get_path(settings, path) for path, _ in _leaves(given) if path.split(".")[0] in names}
 
 
 def resolved_settings(settings, options):

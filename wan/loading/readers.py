@@ -106,6 +106,8 @@ def dit_config(state, file_config, source):
         qk_norm="blocks.0.self_attn.norm_q.weight" in state, cross_attn_norm="blocks.0.norm3.weight" in state,
         image_branch=image_branch,
     )
+    if image_branch:  # Wan2.1 i2v / flf2v: the width of the CLIP image tokens (the branch's first norm)
+        config["image_dim"] = state["img_emb.proj.0.weight"].shape[0]
     # official config.json names, then diffusers' for the head count
     heads = file_config.get("num_heads") or file_config.get("num_attention_heads")
     if heads is None:

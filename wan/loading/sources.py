@@ -186,6 +186,8 @@ def _scan_official(folder, parts):
     clip = os.path.join(folder, OFFICIAL_CLIP)
     if os.path.isfile(clip):
         parts.clip = Part("CLIP", clip, "pth", "official")
+    else:  # only Wan2.1's i2v / flf2v need it: an error only when they ask
+        parts.missing["clip"] = f"{OFFICIAL_CLIP} not found in {folder}"
     found |= any(getattr(parts, n) is not None for n in ("vae", "t5"))
     if not found:
         raise CheckpointError(f"{folder} is neither an official Wan checkpoint folder nor a Diffusers pipeline "

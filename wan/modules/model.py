@@ -416,8 +416,10 @@ class WanModel(nn.Module):
         """torch.compile each transformer block's three sublayers in place (state-dict keys
         unchanged). Fuses the fp32 norm / modulation / RoPE element-wise work around the matmuls;
         same numerics up to the fused kernels' rounding (tests/test_model.py checks it on the CPU).
-        `options` go to torch.compile; with none, inductor gets BLOCK_INDUCTOR_OPTIONS."""
-        if not options:
+        `options` go to torch.compile; with none, inductor gets BLOCK_INDUCTOR_OPTIONS, except under
+        deterministic mode (--deterministic): coordinate-descent tuning picks kernel configurations by
+        timing them, so two processes could pick different reductions."""
+        if not options and not torch.are_deterministic_algorithms_enabled():
             options = {"options": dict(BLOCK_INDUCTOR_OPTIONS)}
         for block in self.blocks:
             block.compile_sublayers(**options)
