@@ -141,8 +141,10 @@ def page_error(ui):
 
 
 def close_toasts(ui):
+    """Close every toast and wait until they are gone, so the next page_error reads a new one."""
     for button in ui.locator(".toast-close").all():
         button.click()
+    ui.wait_for_function("document.querySelectorAll('.toast-message-text').length === 0")
 
 
 def set_number(ui, elem_id, value):
