@@ -11,14 +11,15 @@ import os
 from datetime import datetime
 
 from wan import distributed, runner, tasks
-from wan.cli import (RUN_DEFAULTS, STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage, given_values, load_options, merge, option, parse,
-                     resolved_settings, run_cli, run_options, setup_logging, stage_options, start_run)
+from wan.cli import (RUN_DEFAULTS, STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage, given_values,
+                     load_options, merge, option, parse, resolved_settings, run_cli, run_options, sampling_options,
+                     setup_logging, stage_options, start_run)
 from wan.configs import WAN_CONFIGS
 from wan.models import Models
 from wan.report import check_report_path
 from wan.report.runs import default_report_path, write_run_report
 from wan.modules.vlm import DEFAULT_CAPTIONER
-from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError
+from wan.settings import Generation, LoadOptions, SettingsError
 from wan.tasks.prompt_extension import extend_prompt
 from wan.utils.fileio import write_json_atomic
 from wan.utils.video_io import check_output_path, load_image, probe_output, probe_video
@@ -52,13 +53,7 @@ OPTIONS = [
     option("--image", "image", help="input image (required for i2v-A14B and i2v-14B, optional for ti2v-5B)"),
     option("--first_frame", "first_frame", help="flf2v-14B: the first frame"),
     option("--last_frame", "last_frame", help="flf2v-14B: the last frame (resized to the output if its size differs)"),
-    option("--sample_solver", "sampling.solver", choices=SOLVERS, help="default unipc"),
-    option("--sample_steps", "sampling.steps", type=int, help="sampling steps (default per task)"),
-    option("--sample_shift", "sampling.shift", type=float, help="noise schedule shift (default per task)"),
-    option("--sample_guide_scale", "sampling.guide_scale", type=float, help="classifier-free guidance scale"),
-    option("--exact_timesteps", "sampling.exact_timesteps", action="store_true",
-           help="model timesteps 1000*sigma as floats, as step-distilled LoRAs were trained (configs/lightning_*.yaml); "
-                "default: the official truncated integers"),
+    *sampling_options(),
     option("--video", "video", help="v2v: the video to continue (its last frame starts the output)"),
     option("--vlm_path", "load.vlm_path",
            help=f"v2v: the captioner, a folder (InternVL3.5 -HF, Qwen2.5-VL, Qwen3-VL) or a repo id in the local "

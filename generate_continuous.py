@@ -12,12 +12,12 @@ import os
 
 from wan import runner, tasks
 from wan.cli import (RUN_DEFAULTS, build_parser, check_checkpoint, load_options, merge, option, parse,
-                     resolved_settings, run_cli, run_options, setup_logging, start_run)
+                     resolved_settings, run_cli, run_options, sampling_options, setup_logging, start_run)
 from wan.models import Models
 from wan.modules.vlm import DEFAULT_CAPTIONER
 from wan.report import check_report_path
 from wan.report.runs import write_run_report
-from wan.settings import SOLVERS, Generation, LoadOptions, SettingsError, integer
+from wan.settings import Generation, LoadOptions, SettingsError, integer
 from wan.tasks.continuation import DEFAULT_CONTINUATION_PROMPT, PROMPTS_LOG, read_prompts_log
 from wan.utils.checkpoint import checkpoint_fingerprint
 from wan.utils.hub import local_folder
@@ -34,15 +34,10 @@ OPTIONS = [
     option("--task", "task", choices=["v2v-14B", "v2v-5B"], help="v2v-14B (I2V-A14B, default) or v2v-5B"),
     option("--size", "size", help="maximum output area as WIDTH*HEIGHT (aspect ratio of the video)"),
     option("--frame_num", "frame_num", type=int, help="frames per video, 4n+1 (default 81)"),
-    option("--sample_solver", "sampling.solver", choices=SOLVERS),
-    option("--sample_steps", "sampling.steps", type=int, help="sampling steps (default per task)"),
-    option("--sample_shift", "sampling.shift", type=float, help="noise schedule shift (default per task)"),
-    option("--sample_guide_scale", "sampling.guide_scale", type=float, help="classifier-free guidance scale"),
-    option("--exact_timesteps", "sampling.exact_timesteps", action="store_true",
-           help="model timesteps 1000*sigma as floats, as step-distilled LoRAs were trained (configs/lightning_*.yaml); "
-                "default: the official truncated integers"),
+    *sampling_options(),
     option("--base_seed", "seed", type=int, help="video i (from 1) uses base_seed + i - 1 (default 42)"),
-    option("--custom_prompt", "prompt", help=f"text put before every caption (default {DEFAULT_CONTINUATION_PROMPT!r})"),
+    option("--custom_prompt", "prompt",
+           help=f"text put before every caption (default {DEFAULT_CONTINUATION_PROMPT!r})"),
     option("--n_prompt", "n_prompt", help="negative prompt (default: the official one)"),
     option("--vlm_path", "load.vlm_path",
            help=f"captioner: a folder (InternVL3.5 -HF, Qwen2.5-VL, Qwen3-VL) or a repo id in the local Hugging Face "
@@ -97,11 +92,13 @@ def main(argv=None):
     log.info("chain of %d videos in %s; stitched: %s", len(paths), settings["output_dir"], stitched)
     if report:
         log_entries = read_prompts_log(os.path.join(settings["output_dir"], PROMPTS_LOG))
-        rows = [{"video": name, "seed": seed, "prompt": prompt} for _, (name, seed, prompt) in sorted(log_entries.items())]
+        rows = [{"video": name, "seed": seed, "prompt": prompt}
+                for _, (name, seed, prompt) in sorted(log_entries.items())]
         fingerprint = checkpoint_fingerprint(local_folder(settings["ckpt_dir"])) if settings["ckpt_dir"] else None
         write_run_report(report, f"generate_continuous.py: a chain of {len(paths)} videos",
                          [(stitched, "stitched chain")] + [(path, os.path.basename(path)) for path in paths],
-                         {**resolved, "checkpoint fingerprint": fingerprint}, profile.timer, prompts={"prefix": generation.prompt}, tables=[(rows, "videos")])
+                         {**resolved, "checkpoint fingerprint": fingerprint}, profile.timer,
+                         prompts={"prefix": generation.prompt}, tables=[(rows, "videos")])
         log.info("report: %s", report)
     return paths, stitched
 

@@ -12,8 +12,9 @@ import logging
 import os
 
 from wan import distributed, runner
-from wan.cli import (RUN_DEFAULTS, STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage, given_values, load_options, option, parse,
-                     resolved_settings, run_cli, run_options, setup_logging, stage_options, start_run)
+from wan.cli import (RUN_DEFAULTS, STAGE_DEFAULTS, build_parser, check_checkpoint, check_stage,
+                     exact_timesteps_option, given_values, load_options, option, parse, resolved_settings, run_cli,
+                     run_options, setup_logging, stage_options, start_run)
 from wan.configs import WAN_CONFIGS
 from wan.models import Models
 from wan.report import check_report_path
@@ -38,9 +39,7 @@ OPTIONS = [
     option("--guide_scale_inv", "inversion.guide_scale", type=float, help="CFG scale while inverting (default 1: off)"),
     option("--guide_scale_gen", "sampling.guide_scale", type=float, help="CFG scale while regenerating (default 5)"),
     option("--shift", "sampling.shift", type=float, help="noise schedule shift (default 5)"),
-    option("--exact_timesteps", "sampling.exact_timesteps", action="store_true",
-           help="model timesteps 1000*sigma as floats, as step-distilled LoRAs were trained (configs/lightning_*.yaml); "
-                "default: the official truncated integers"),
+    exact_timesteps_option(),
     option("--seed", "seed", type=int, help="kept for compatibility; the edit is deterministic"),
     option("--n_prompt", "n_prompt", help="negative prompt (default: the official one)"),
     option("--max_area", "max_area", type=int, help="output pixel area, aspect ratio kept (default 704*1280)"),
@@ -122,7 +121,8 @@ def main(argv=None):
     settings = parsed.settings
     edit_settings, load = check(settings)
     # Under torchrun with a manifest and no other parallel flag, each GPU takes its share of edits.
-    layout = distributed.make_layout(load.ulysses_size, load.cfg_parallel, data_parallel=settings["manifest"] is not None)
+    layout = distributed.make_layout(load.ulysses_size, load.cfg_parallel,
+                                     data_parallel=settings["manifest"] is not None)
     load = load.replace(device=load.device or (str(env.device) if env.device else None))
     requests = requests_from(settings)
     report = None

@@ -205,6 +205,25 @@ def describe(err, flags):
     return f"{flag} {err.problem}"
 
 
+def exact_timesteps_option():
+    return option("--exact_timesteps", "sampling.exact_timesteps", action="store_true",
+                  help="model timesteps 1000*sigma as floats, as step-distilled LoRAs were trained "
+                       "(configs/lightning_*.yaml); default: the official truncated integers")
+
+
+def sampling_options():
+    """The official sampling flags (generate.py's; the chain script's too)."""
+    from .settings import SOLVERS
+
+    return [
+        option("--sample_solver", "sampling.solver", choices=SOLVERS, help="default unipc"),
+        option("--sample_steps", "sampling.steps", type=int, help="sampling steps (default per task)"),
+        option("--sample_shift", "sampling.shift", type=float, help="noise schedule shift (default per task)"),
+        option("--sample_guide_scale", "sampling.guide_scale", type=float, help="classifier-free guidance scale"),
+        exact_timesteps_option(),
+    ]
+
+
 def load_options():
     """The flags of wan.settings.LoadOptions that every generation script shares."""
     from .settings import ATTENTION_BACKENDS, VAE_DTYPES

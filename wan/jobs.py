@@ -78,6 +78,11 @@ class EditJob:
     source: Source
     target_frame: torch.Tensor = None  # uint8 [1, H, W, 3]: the edited first frame (for the comparison)
 
+    @property
+    def record(self):
+        """The settings the edit was made with (those of its regeneration, which hold the edit's)."""
+        return self.generation.record
+
 
 @dataclass
 class Inversion:

@@ -248,6 +248,24 @@ def settings_beside(output, resolved):
         raise
 
 
+def stage_job(models, kind, prepare, stage, encoded, requested, timer):
+    """The job of a stage: prepared by `prepare()` for the whole run and the encode stage (which saves it
+    to `encoded`), read back from `encoded` by the denoise stage (and checked against the settings
+    `requested`); None for the decode stage."""
+    if stage in ("all", "encode"):
+        with timer.stage("encode"):
+            job = prepare()
+        if stage == "encode" and models.layout.writes_outputs:
+            jobs.save(encoded, kind, job, models.fingerprint)
+            log.info("encoded to %s; next: the denoise stage", encoded)
+        return job
+    if stage == "denoise":
+        job = jobs.load(encoded, kind, models.fingerprint, models.config.patch_size)
+        check_agrees(job.record, requested or {}, encoded, ignore=OUTPUT_ONLY)
+        return job
+    return None
+
+
 def generate(models, generation, output, stage="all", stage_dir=None, save_every=0, stop_after=None,
              requested=None, resolved=None, timer=None, on_step=None):
     """Generate one video, whole or one stage (see the module docstring). `requested`: the settings
@@ -255,17 +273,9 @@ def generate(models, generation, output, stage="all", stage_dir=None, save_every
     a video was written."""
     runner, folder, timer = Runner(models, on_step=on_step), stage_dir or "", timer or StageTimer(models.device)
     encoded, latent_file = os.path.join(folder, ENCODED), os.path.join(folder, LATENT)
-    if stage in ("all", "encode"):
-        with timer.stage("encode"):
-            job = tasks.prepare(models, generation)
-        if stage == "encode":
-            if models.layout.writes_outputs:
-                jobs.save(encoded, "generation", job, models.fingerprint)
-                log.info("encoded to %s; next: the denoise stage", encoded)
-            return None
-    elif stage == "denoise":
-        job = jobs.load(encoded, "generation", models.fingerprint, models.config.patch_size)
-        check_agrees(job.record, requested or {}, encoded, ignore=OUTPUT_ONLY)
+    job = stage_job(models, "generation", lambda: tasks.prepare(models, generation), stage, encoded, requested, timer)
+    if stage == "encode":
+        return None
     if stage == "denoise":
         checkpointing = Checkpointing(os.path.join(folder, CHECKPOINT), job_key("generation", job), save_every,
                                       stop_after, models.fingerprint)
@@ -300,19 +310,12 @@ def edit(models, request, settings, stage="all", stage_dir=None, save_every=0, s
     """One edit, whole or one stage; returns the output path when a video was written."""
     runner, folder, timer = Runner(models, on_step=on_step), stage_dir or "", timer or StageTimer(models.device)
     encoded, latent_file = os.path.join(folder, ENCODED), os.path.join(folder, LATENT)
-    edit_job = None
-    if stage in ("all", "encode"):
-        # A whole run from a saved inversion need not encode the source clip.
-        with timer.stage("encode"):
-            edit_job = tasks.prepare_edit(models, request, settings, invert=not (load_inversion and stage == "all"))
-        if stage == "encode":
-            if models.layout.writes_outputs:
-                jobs.save(encoded, "edit", edit_job, models.fingerprint)
-                log.info("encoded to %s; next: the denoise stage", encoded)
-            return None
-    elif stage == "denoise":
-        edit_job = jobs.load(encoded, "edit", models.fingerprint, models.config.patch_size)
-        check_agrees(edit_job.generation.record, requested or {}, encoded, ignore=OUTPUT_ONLY)
+    # A whole run from a saved inversion need not encode the source clip.
+    invert = not (load_inversion and stage == "all")
+    edit_job = stage_job(models, "edit", lambda: tasks.prepare_edit(models, request, settings, invert=invert), stage,
+                         encoded, requested, timer)
+    if stage == "encode":
+        return None
     if stage in ("all", "denoise"):
         checkpointing = None
         if stage == "denoise":

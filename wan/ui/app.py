@@ -192,7 +192,6 @@ def _generate_tab(studio):
     tasks = studio.tasks_for(video=False)
     first = tasks[0]
     profile, official = studio.checkpoint.profile(first), defaults(first)
-    guide_low, guide_high = _guides(official)
     with gr.Tab("Generate", id="generate"):
         with gr.Row():
             with gr.Column(scale=1):
@@ -215,16 +214,7 @@ def _generate_tab(studio):
                     frames = gr.Number(profile.frame_num, precision=0, label="Frames", elem_id="gen_frames",
                                        info="4n+1")
                 with gr.Accordion("Sampling", open=True):
-                    with gr.Row():
-                        steps = Slider(1, 200, profile.steps, step=1, label="Steps", elem_id="gen_steps")
-                        solver = Dropdown(list(SOLVERS), value="unipc", label="Solver", elem_id="gen_solver")
-                    with gr.Row():
-                        shift = Slider(0.5, 20, official["sampling"]["shift"], step=0.5, label="Shift",
-                                       elem_id="gen_shift")
-                        guide = Slider(0, 20, guide_low, step=0.5, label="Guidance scale", elem_id="gen_guide")
-                        guide_high = Slider(0, 20, guide_high or guide_low, step=0.5,
-                                            label="Guidance scale (high-noise expert)", elem_id="gen_guide_high",
-                                            visible=guide_high is not None)
+                    steps, solver, shift, guide, guide_high = _sampling_controls("gen", profile, official)
                     with gr.Row():
                         seed = gr.Number(-1, precision=0, label="Seed", elem_id="gen_seed", info="-1: random")
                         step_cache = Slider(0, 0.5, studio.load.step_cache, step=0.01, elem_id="gen_step_cache",
@@ -288,6 +278,21 @@ def _generate_tab(studio):
         extend.click(extend_prompt, [prompt, language, image, seed], prompt, api_name="extend_prompt",
                      concurrency_id="gpu")
     return {"video": video, "to_edit": to_edit, "to_continue": to_continue}
+
+
+def _sampling_controls(tab, profile, official):
+    """Steps, solver, shift, guidance and the high-noise expert's guidance (shown for A14B), with
+    element ids `TAB_steps`, ...: (steps, solver, shift, guide, guide_high)."""
+    guide_low, guide_high = _guides(official)
+    with gr.Row():
+        steps = Slider(1, 200, profile.steps, step=1, label="Steps", elem_id=f"{tab}_steps")
+        solver = Dropdown(list(SOLVERS), value="unipc", label="Solver", elem_id=f"{tab}_solver")
+    with gr.Row():
+        shift = Slider(0.5, 20, official["sampling"]["shift"], step=0.5, label="Shift", elem_id=f"{tab}_shift")
+        guide = Slider(0, 20, guide_low, step=0.5, label="Guidance scale", elem_id=f"{tab}_guide")
+        guide_high_slider = Slider(0, 20, guide_high or guide_low, step=0.5, label="Guidance scale (high-noise expert)",
+                                   elem_id=f"{tab}_guide_high", visible=guide_high is not None)
+    return steps, solver, shift, guide, guide_high_slider
 
 
 def _guides(task_defaults):
@@ -411,7 +416,6 @@ def _continue_tab(studio):
     tasks = studio.tasks_for(video=True)
     first = tasks[0]
     profile, official = studio.checkpoint.profile(first), defaults(first)
-    guide_low, guide_high = _guides(official)
     toy = studio.checkpoint.kind in ("toyworld", "tiny")
     captioners = studio.captioners
     with gr.Tab("Continue", id="continue"):
@@ -437,16 +441,7 @@ def _continue_tab(studio):
                     frames = gr.Number(profile.frame_num, precision=0, label="Frames", info="4n+1 per continuation",
                                        elem_id="cont_frames")
                 with gr.Accordion("Sampling", open=False):
-                    with gr.Row():
-                        steps = Slider(1, 200, profile.steps, step=1, label="Steps", elem_id="cont_steps")
-                        solver = Dropdown(list(SOLVERS), value="unipc", label="Solver", elem_id="cont_solver")
-                    with gr.Row():
-                        shift = Slider(0.5, 20, official["sampling"]["shift"], step=0.5, label="Shift",
-                                       elem_id="cont_shift")
-                        guide = Slider(0, 20, guide_low, step=0.5, label="Guidance scale", elem_id="cont_guide")
-                        guide_high = Slider(0, 20, guide_high or guide_low, step=0.5,
-                                            label="Guidance scale (high-noise expert)", elem_id="cont_guide_high",
-                                            visible=guide_high is not None)
+                    steps, solver, shift, guide, guide_high = _sampling_controls("cont", profile, official)
                     seed = gr.Number(-1, precision=0, label="Seed", info="video i uses seed + i - 1; -1: random",
                                      elem_id="cont_seed")
                     n_prompt = gr.Textbox(label="Negative prompt", elem_id="cont_n_prompt",
