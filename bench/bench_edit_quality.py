@@ -19,6 +19,7 @@ import sys
 import time
 
 import yaml
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -102,7 +103,8 @@ def main():
         models = loaded[key]
         enable_step_cache(models.experts[0], changes.get("step_cache", 0.0))
         start, runner = time.time(), Runner(models, progress=False)
-        results = [edit_case(models, case, settings, runner)[1] for case in cases]
+        results = [edit_case(models, case, settings, runner)[1]
+                   for case in tqdm(cases, desc=variant, unit="case")]
         report["variants"][variant] = {
             "settings": settings.to_dict(), "load": changes, "seconds": time.time() - start,
             "summary": summarise(results),
