@@ -9,8 +9,10 @@ fixed_point:N (that inversion scheme, N inversion and generation steps), strengt
 guide_gen:G, steps:N (both passes), cache:T (step cache threshold), fp8 (FP8 linears, CUDA),
 flash-fp8 (FP8 attention, CUDA). Each runs the same cases; the table lists, per variant, the success
 rate and the mean metrics, and for speed options whether they keep quality (success within 2 points
-and no metric over its threshold where the default passes). Controls: the VAE floor, the no-op
-reconstruction, the fresh-noise trajectory ratio, seed diversity. --json writes everything.
+and no metric over its threshold where the default passes). Continuation cases go through the v2v
+path (last frame + the procedural captioner's caption) for every variant whose generation differs.
+Controls: the VAE floor, the no-op reconstruction, the fresh-noise trajectory ratio, seed diversity.
+--json writes everything.
 """
 import argparse
 import json
@@ -28,9 +30,16 @@ from wan.models import Models  # noqa: E402
 from wan.runner import Runner  # noqa: E402
 from wan.settings import EditSettings, LoadOptions  # noqa: E402
 from wan.step_cache import enable_step_cache  # noqa: E402
-from wan.toyworld.cases import make_edit_cases  # noqa: E402
-from wan.toyworld.evaluate import edit_case, fresh_noise_control, seed_diversity_of, summarise, vae_floor  # noqa
-from wan.toyworld.metrics import EDIT_THRESHOLDS  # noqa: E402
+from wan.toyworld.cases import make_continuation_cases, make_edit_cases  # noqa: E402
+from wan.toyworld.evaluate import (  # noqa: E402
+    continuation_case,
+    edit_case,
+    fresh_noise_control,
+    seed_diversity_of,
+    summarise,
+    vae_floor,
+)
+from wan.toyworld.metrics import CONTINUATION_THRESHOLDS, EDIT_THRESHOLDS  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(REPO, "configs", "edit_toyworld.yaml")
@@ -70,13 +79,20 @@ def variant_settings(base, variant):
 
 
 def keeps_quality(results, reference):
-    """Within 2 points of the default's success, and no metric over its bar where the default passes."""
-    if results["summary"]["all"]["success"] < reference["summary"]["all"]["success"] - 0.02:
-        return False
-    for ours, theirs in zip(results["cases"], reference["cases"]):
-        if theirs["passed"] and not ours["passed"]:
+    """Within 2 points of the default's success, and no metric over its bar where the default passes,
+    for edits and continuations alike."""
+    for kind in ("summary", "continuation_summary"):
+        if kind in reference and results[kind]["all"]["success"] < reference[kind]["all"]["success"] - 0.02:
             return False
+    for cases in ("cases", "continuations"):
+        for ours, theirs in zip(results.get(cases, []), reference.get(cases, [])):
+            if theirs["passed"] and not ours["passed"]:
+                return False
     return True
+
+
+def case_rows(results):
+    return [{"case_id": r.case_id, "edit_type": r.edit_type, "passed": r.passed, **r.metrics} for r in results]
 
 
 def main():
@@ -86,13 +102,15 @@ def main():
     parser.add_argument("--cases", type=int, default=104, help="edit cases (the spec's mix, 1 in 8 a no-op)")
     parser.add_argument("--seed", type=int, default=0, help="case seed")
     parser.add_argument("--variants", nargs="*", default=["default"])
+    parser.add_argument("--continuations", type=int, default=24, help="continuation cases (v2v path)")
     parser.add_argument("--controls", type=int, default=8, help="cases for the fresh-noise and diversity controls")
     parser.add_argument("--json", default=None, help="write every metric here")
     args = parser.parse_args()
     cases = make_edit_cases(args.cases, args.seed)
+    continuations = make_continuation_cases(args.continuations, args.seed)
     base = default_settings()
-    report = {"ckpt_dir": args.ckpt_dir, "cases": args.cases, "variants": {}}
-    loaded = {}
+    report = {"ckpt_dir": args.ckpt_dir, "cases": args.cases, "continuations": args.continuations, "variants": {}}
+    loaded, continued = {}, {}
     for variant in args.variants:
         settings, changes = variant_settings(base, variant)
         key = tuple(sorted(changes.items() - {("step_cache", changes.get("step_cache"))}))
@@ -105,14 +123,21 @@ def main():
         start, runner = time.time(), Runner(models, progress=False)
         results = [edit_case(models, case, settings, runner)[1]
                    for case in tqdm(cases, desc=variant, unit="case")]
-        report["variants"][variant] = {
+        # Continuations depend on the generation and the load only: variants of the inversion share them.
+        generation_key = json.dumps([settings.sampling.to_dict(), settings.n_prompt, sorted(changes.items())])
+        if continuations and generation_key not in continued:
+            continued[generation_key] = [continuation_case(models, case, settings, runner=runner)[1]
+                                         for case in tqdm(continuations, desc=f"{variant} continuations", unit="case")]
+        entry = report["variants"][variant] = {
             "settings": settings.to_dict(), "load": changes, "seconds": time.time() - start,
-            "summary": summarise(results),
-            "cases": [{"case_id": r.case_id, "edit_type": r.edit_type, "passed": r.passed, **r.metrics}
-                      for r in results]}
+            "summary": summarise(results), "cases": case_rows(results)}
+        if continuations:
+            entry["continuation_summary"] = summarise(continued[generation_key])
+            entry["continuations"] = case_rows(continued[generation_key])
         enable_step_cache(models.experts[0], 0.0)
-        print(f"{variant}: success {report['variants'][variant]['summary']['all']['success']:.1%} "
-              f"({time.time() - start:.0f} s)", flush=True)
+        print(f"{variant}: edit success {entry['summary']['all']['success']:.1%}"
+              + (f", continuation success {entry['continuation_summary']['all']['success']:.1%}" if continuations else "")
+              + f" ({time.time() - start:.0f} s)", flush=True)
     models = next(iter(loaded.values()))
     control_cases = cases[: args.controls]
     floors = [vae_floor(models, case) for case in control_cases]
@@ -138,10 +163,25 @@ def print_table(report):
         for kind, row in results["summary"].items():
             cells = [f"{row['success']:.0%}"] + [f"{row.get(c, float('nan')):.3g}" for c in columns[1:]]
             print(f"| {variant} | {kind} | {row['cases']} | " + " | ".join(cells) + f" | {keeps if kind == 'all' else ''} |")
+    if report["continuations"]:
+        print_continuation_table(report)
     c = report["controls"]
     print(f"\ncontrols: VAE floor {min(c['vae_floor_db']):.1f}-{max(c['vae_floor_db']):.1f} dB; fresh-noise TE_rel "
           f"min {min(c['fresh_noise_te_rel']):.2f} (>= 0.6 needed, else void); seed diversity "
           f"{c['seed_diversity']:.2f} (>= 0.7); thresholds {EDIT_THRESHOLDS}")
+
+
+def print_continuation_table(report):
+    columns = ["success", "seam_psnr", "colour_accuracy", "shape_accuracy", "mask_iou", "background_psnr",
+               "direction_error", "speed_in_band", "flicker"]
+    print(f"\n# toy-world continuations (v2v path, procedural captions): {report['continuations']} cases")
+    print("| variant | cases | " + " | ".join(columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    for variant, results in report["variants"].items():
+        row = results["continuation_summary"]["all"]
+        cells = [f"{row['success']:.0%}"] + [f"{row.get(c, float('nan')):.3g}" for c in columns[1:]]
+        print(f"| {variant} | {row['cases']} | " + " | ".join(cells) + " |")
+    print(f"continuation thresholds {CONTINUATION_THRESHOLDS} (the seam bar is 30 dB: no per-case VAE floor is measured here)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The shipped toy-world model (assets/toyworld-ti2v) through the same code as the real TI2V-5B: an edit
-scored against ground truth, fixed-point against Euler inversion, and the fresh-noise control (CI-sized:
-9 frames, 10 steps)."""
+scored against ground truth, fixed-point against Euler inversion, the fresh-noise control, and a
+continuation through the v2v path (CI-sized: 9 or 17 frames, 10 steps)."""
 import os
 
 import pytest
@@ -10,8 +10,9 @@ from wan.configs import WAN_CONFIGS
 from wan.models import Models
 from wan.settings import EditSettings, Generation, InversionSettings, LoadOptions, Sampling
 from wan.tasks import unsupported_size_warning
-from wan.toyworld.cases import EditCase, make_edit_cases
-from wan.toyworld.evaluate import edit_case, fresh_noise_control
+from wan.toyworld.cases import EditCase, make_continuation_cases, make_edit_cases
+from wan.toyworld.evaluate import continuation_case, edit_case, fresh_noise_control, vae_floor
+from wan.toyworld.metrics import psnr
 from wan.toyworld.world import with_frames
 
 CKPT = os.path.join(REPO, "assets", "toyworld-ti2v")
@@ -55,3 +56,16 @@ def test_fresh_noise_does_not_reproduce_the_source_trajectory(models):
     case = short(next(c for c in make_edit_cases(16, 0) if c.edit_type == "recolour"))
     metrics = fresh_noise_control(models, case, settings("fixed_point"), seed=7)
     assert metrics["te_rel"] >= 0.6, metrics
+
+
+def test_a_continuation_starts_from_the_clips_last_frame(models):
+    """The v2v path on a toy-world clip (last frame + the procedural caption): the continuation's first
+    frame is the clip's last one to within the VAE's loss (the seam rule: floor - 1 dB). The case's
+    objects move fast enough that even the frame before the last fails that rule."""
+    case = make_continuation_cases(3, 0)[1]
+    clip, truth = case.clip().numpy(), case.ground_truth().numpy()
+    floor = vae_floor(models, case)
+    assert psnr(clip[-2], truth[0]) < floor - 1.0
+    _, result = continuation_case(models, case, settings("euler"), vae_floor_db=floor)
+    assert result.edit_type == "continuation"
+    assert result.metrics["seam_psnr"] >= floor - 1.0, (result.metrics, floor)

@@ -50,8 +50,7 @@ def continuation_prompt(captioner, frames, prompt, video_path):
 def continuation_inputs(models, video_path, prompt=None):
     """(last frame as a PIL image, prompt) for continuing the clip at `video_path`."""
     frames, _ = read_video(video_path)
-    last_frame = Image.fromarray(frames[-1].numpy())
-    return last_frame, continuation_prompt(models.captioner, frames, prompt, video_path)
+    return Image.fromarray(frames[-1].numpy()), continuation_prompt(models.captioner, frames, prompt, video_path)
 
 
 def prepare_v2v(models, generation):
@@ -59,11 +58,17 @@ def prepare_v2v(models, generation):
     without a captioner)."""
     g = generation
     image, prompt = continuation_inputs(models, require(g.video, "video", g.task), g.prompt)
-    log.info("continuing %s from its last frame (%dx%d) with the prompt: %s", g.video, image.width, image.height,
+    return prepare_continuation(models, g, image, prompt, g.video)
+
+
+def prepare_continuation(models, generation, image, prompt, name):
+    """The image-to-video job that continues the clip `name` from its last frame `image` with `prompt`
+    (the captioned one); generation.prompt is kept as the caption's prefix."""
+    log.info("continuing %s from its last frame (%dx%d) with the prompt: %s", name, image.width, image.height,
              prompt)
     prepare = prepare_i2v if models.config.model_type == "i2v" else prepare_ti2v
-    job = prepare(models, g.replace(prompt=prompt), image=image)
-    job.record["caption_prefix"] = g.prompt
+    job = prepare(models, generation.replace(prompt=prompt), image=image)
+    job.record["caption_prefix"] = generation.prompt
     return job
 
 

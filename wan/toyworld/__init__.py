@@ -14,6 +14,7 @@ from .cases import (  # noqa: F401
     save_cases,
 )
 from .metrics import (  # noqa: F401
+    ProceduralCaptioner,
     circular_variance,
     continuation_metrics,
     continuation_passes,

@@ -2,6 +2,7 @@
 
     models = Models.load(WAN_CONFIGS["ti2v-5B"], "assets/toyworld-ti2v", LoadOptions(device="cuda"))
     result = edit_case(models, case, settings)          # the edited frames and their metrics
+    result = continuation_case(models, case, settings)  # a continuation through the v2v path
     floor = vae_floor(models, case)                     # what the VAE alone loses
 
 Cases render on the fly (nothing is stored); sources go to the editor as frames, not through an mp4
@@ -12,12 +13,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from PIL import Image
+
 from ..runner import Runner
 from ..settings import Generation
+from ..tasks.continuation import continuation_prompt, prepare_continuation
 from ..tasks.edit import fit_source, prepare_edit_of
 from ..tasks.ti2v import prepare_ti2v
 from ..utils.video_io import from_model_range
-from .metrics import edit_metrics, edit_passes, psnr, seed_diversity
+from .cases import SEAM_FRAME
+from .metrics import (
+    ProceduralCaptioner,
+    continuation_metrics,
+    continuation_passes,
+    edit_metrics,
+    edit_passes,
+    psnr,
+    seed_diversity,
+)
 from .world import HEIGHT, WIDTH
 
 FPS = 16
@@ -44,6 +57,21 @@ def edit_case(models, case, settings, runner=None, vae_floor_db=None):
     return video, CaseResult(case.case_id, case.edit_type, metrics, edit_passes(metrics, vae_floor_db))
 
 
+def continuation_case(models, case, settings, seed=0, runner=None, vae_floor_db=None):
+    """Continue `case`'s clip the way the v2v-5B task does (its last frame conditions image-to-video,
+    the procedural captioner's caption of its end is the prompt), with `settings`' sampling and
+    negative prompt; returns (uint8 frames [17, H, W, 3], frame 0 the seam, and a CaseResult)."""
+    runner = runner or Runner(models, progress=False)
+    clip = case.clip()
+    prompt = continuation_prompt(ProceduralCaptioner(), clip, None, case.case_id)
+    generation = Generation(task="ti2v-5B", n_prompt=settings.n_prompt, size=(WIDTH, HEIGHT),
+                            frame_num=case.scene.frames - SEAM_FRAME, seed=seed, sampling=settings.sampling)
+    job = prepare_continuation(models, generation, Image.fromarray(clip[-1].numpy()), prompt, case.case_id)
+    video = from_model_range(models.decode(runner.denoise(job)))
+    metrics = continuation_metrics(video, case, vae_floor_db)
+    return video, CaseResult(case.case_id, case.kind, metrics, continuation_passes(metrics, vae_floor_db))
+
+
 def vae_floor(models, case):
     """PSNR (dB) of the ground truth through the VAE alone: the best any edit can reach."""
     truth = case.ground_truth()
@@ -54,8 +82,6 @@ def vae_floor(models, case):
 def sample_from_first_frame(models, case, settings, seed):
     """Image-to-video from the case's edited first frame and target caption, from fresh noise:
     uint8 frames [F, H, W, 3]."""
-    from PIL import Image
-
     generation = Generation(task="ti2v-5B", prompt=case.target_caption, n_prompt=settings.n_prompt,
                             size=(WIDTH, HEIGHT), frame_num=case.source.frames, seed=seed, sampling=settings.sampling)
     image = Image.fromarray(case.edited_first_frame().numpy())

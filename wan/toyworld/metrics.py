@@ -5,6 +5,7 @@ the known background and assigned to the nearest candidate object colour; masks 
 centroids, colours and shapes, which are compared with the same quantities on the ground truth.
 Work is vectorised over frames (numpy); scoring a 17-frame case takes a fraction of a second.
 """
+import logging
 import math
 from functools import lru_cache
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import WanInputError
+from ..utils.video_io import resize_center_crop
 from .cases import SEAM_FRAME
 from .world import (
     BACKGROUND_COLORS,
@@ -31,6 +33,8 @@ from .world import (
     object_phrase,
     velocity_at,
 )
+
+log = logging.getLogger(__name__)
 
 FOREGROUND_DISTANCE = 48.0  # RGB distance from the background above which a pixel is foreground
 ASSIGN_DISTANCE = 100.0  # a foreground pixel joins the nearest candidate colour closer than this
@@ -558,3 +562,21 @@ def procedural_caption(frames):
             step = (0.0, 0.0)
         phrases.append(object_phrase(shape, color, (float(step[0]), float(step[1]))))
     return caption_text(phrases, background)
+
+
+class ProceduralCaptioner:
+    """The continuation tasks' captioner for toy-world clips (no network): procedural_caption on the
+    last two frames, brought to the world's 256x256. A clip where it finds no palette object (a
+    random model's output) gets an empty caption, so the continuation prompt falls back to its prefix."""
+
+    num_frames = 2
+
+    def caption(self, frames):
+        frames = frames[-2:]
+        if tuple(frames.shape[1:3]) != (HEIGHT, WIDTH):
+            frames = resize_center_crop(frames, WIDTH, HEIGHT)
+        try:
+            return procedural_caption(frames)
+        except WanInputError as err:
+            log.info("procedural caption: %s", err)
+            return ""

@@ -44,10 +44,8 @@ from ..tasks.common import check_on_grid, tokens
 from ..tasks.continuation import finished_videos
 from ..tasks.edit import (EditRequest, inversion_result, load_source, prepare_inversion, prepare_regeneration,
                           target_frame)
-from ..toyworld import make_continuation_cases, make_edit_cases, procedural_caption
-from ..toyworld.world import HEIGHT as TOY_HEIGHT
-from ..toyworld.world import WIDTH as TOY_WIDTH
-from ..utils.video_io import load_image, probe_video, read_video, resize_center_crop, write_video
+from ..toyworld import ProceduralCaptioner, make_continuation_cases, make_edit_cases
+from ..utils.video_io import load_image, probe_video, read_video, write_video
 from .checkpoints import EDIT_TASK
 from .runs import RunFolder
 
@@ -100,25 +98,6 @@ class ChainUpdate:
     rows: list
     latest: str = None
     result: RunResult = None
-
-
-class ProceduralCaptioner:
-    """Captions the end of a toy-world clip with the world's caption grammar (no network):
-    wan.toyworld.metrics.procedural_caption on the last two frames, brought to the world's 256x256.
-    A clip where it finds no palette object (a random model's output) gets an empty caption, so the
-    continuation prompt falls back to its prefix."""
-
-    num_frames = 2
-
-    def caption(self, frames):
-        frames = frames[-2:]
-        if tuple(frames.shape[1:3]) != (TOY_HEIGHT, TOY_WIDTH):
-            frames = resize_center_crop(frames, TOY_WIDTH, TOY_HEIGHT)
-        try:
-            return procedural_caption(frames)
-        except WanInputError as err:
-            log.info("procedural caption: %s", err)
-            return ""
 
 
 class CaptionRecorder:
