@@ -205,6 +205,31 @@ def test_step_cache_skips_steps_and_stays_close():
 
 
 @torch.no_grad()
+def test_step_cache_kept_across_prompts_restarts_any_entry_and_stays_bounded():
+    """A cache kept over many jobs (the quality bench, a manifest of edits): an inversion restarts the
+    entry of a prompt seen before whatever its place in the list (the removal compared entries by value
+    and raised on their tensors), and prompts never seen again do not pile up."""
+    from wan.step_cache import MAX_ENTRIES
+
+    model = tiny_dit("ti2v", 48, 48, seed=3)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [[torch.randn(3, 8, generator=gen)] for _ in range(MAX_ENTRIES + 2)]
+    noise = torch.randn(48, 2, 4, 4, generator=torch.Generator().manual_seed(6))
+    cache = enable_step_cache(model, 0.2)
+    fields = [flow.GuidedVelocity(model, context, None, 1.0, seq_len=8) for context in prompts]
+    for field in fields:
+        latent = flow.sample(field, noise, flow.make_schedule("euler", 6, 5.0), progress=False)
+    assert len(cache.entries) == MAX_ENTRIES
+    before = list(cache.entries)
+    flow.invert(fields[-2], latent, flow.make_schedule("euler", 6, 5.0), progress=False)  # not the last entry
+    # The inverted prompt's entry was replaced and is now the most recent; the others are untouched.
+    kept = before[:2] + before[3:]
+    assert all(now is then for now, then in zip(cache.entries[:-1], kept, strict=True))
+    assert not any(cache.entries[-1] is then for then in before)
+    enable_step_cache(model, 0)
+
+
+@torch.no_grad()
 def test_a_non_finite_velocity_stops_the_run_naming_step_expert_and_tensor():
     from wan.errors import NonFiniteError
 

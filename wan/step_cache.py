@@ -5,11 +5,15 @@ Each pass measures how much the first block's modulated input changed since the 
 (relative L1). While the accumulated change stays under `threshold`, the blocks are skipped and the
 last residual (blocks' output minus input) is added instead. A new trajectory (t going up, as in
 every step of an inversion, or other shapes or text contexts) starts afresh. One entry per batch
-signature, so serial conditional / unconditional passes keep separate residuals.
+signature, so serial conditional / unconditional passes keep separate residuals; the least recently
+used entries go beyond MAX_ENTRIES, so a cache kept across many prompts holds a bounded memory.
 """
 import torch
 
 from .errors import WanInputError
+
+# An edit with guidance needs three (source, target and negative prompt); one more for headroom.
+MAX_ENTRIES = 4
 
 
 class StepCache:
@@ -34,9 +38,11 @@ class StepCache:
         return hidden
 
     def _entry_for(self, probe, context):
-        for entry in self.entries:
+        """The entry of this batch signature, moved to the end of the list (most recently used)."""
+        for index, entry in enumerate(self.entries):
             if entry["probe"].shape == probe.shape and entry["context"].shape == context.shape \
                     and torch.equal(entry["context"], context):
+                self.entries.append(self.entries.pop(index))
                 return entry
         return None
 
@@ -46,9 +52,9 @@ class StepCache:
         entry = self._entry_for(probe, context)
         if entry is None or t > entry["t"]:
             if entry is not None:
-                self.entries.remove(entry)
+                self.entries.pop()  # it is the last one: _entry_for moved it there
             entry = {"probe": probe, "t": t, "context": context, "residual": None, "change": 0.0}
-            self.entries.append(entry)
+            self.entries = self.entries[-(MAX_ENTRIES - 1):] + [entry]
         else:
             change = ((probe - entry["probe"]).abs().mean() / entry["probe"].abs().mean().clamp_min(1e-12)).item()
             entry["change"] += change
