@@ -12,7 +12,7 @@ rate and the mean metrics, and for speed options whether they keep quality (succ
 and no metric over its threshold where the default passes). Continuation cases go through the v2v
 path (last frame + the procedural captioner's caption) for every variant whose generation differs.
 Controls: the VAE floor, the no-op reconstruction, the fresh-noise trajectory ratio, seed diversity.
---json writes everything.
+--json writes everything after each variant; a rerun with the same file keeps the variants it holds.
 """
 import argparse
 import json
@@ -40,6 +40,7 @@ from wan.toyworld.evaluate import (  # noqa: E402
     vae_floor,
 )
 from wan.toyworld.metrics import CONTINUATION_THRESHOLDS, EDIT_THRESHOLDS  # noqa: E402
+from wan.utils.fileio import atomic_path  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(REPO, "configs", "edit_toyworld.yaml")
@@ -104,50 +105,96 @@ def main():
     parser.add_argument("--variants", nargs="*", default=["default"])
     parser.add_argument("--continuations", type=int, default=24, help="continuation cases (v2v path)")
     parser.add_argument("--controls", type=int, default=8, help="cases for the fresh-noise and diversity controls")
-    parser.add_argument("--json", default=None, help="write every metric here")
+    parser.add_argument("--json", default=None,
+                        help="every metric, written after each variant; a rerun keeps the variants it holds")
     args = parser.parse_args()
     cases = make_edit_cases(args.cases, args.seed)
     continuations = make_continuation_cases(args.continuations, args.seed)
     base = default_settings()
-    report = {"ckpt_dir": args.ckpt_dir, "cases": args.cases, "continuations": args.continuations, "variants": {}}
-    loaded, continued = {}, {}
+    report = earlier_report(args) or {"ckpt_dir": args.ckpt_dir, "seed": args.seed, "cases": args.cases,
+                                      "continuations": args.continuations, "variants": {}}
+    continued = {entry["generation_key"]: {k: entry[k] for k in ("continuation_summary", "continuations")}
+                 for entry in report["variants"].values() if "generation_key" in entry}
+    loaded = {}
     for variant in args.variants:
+        if variant in report["variants"]:
+            print(f"{variant}: kept from {args.json}", flush=True)
+            continue
         settings, changes = variant_settings(base, variant)
-        key = tuple(sorted(changes.items() - {("step_cache", changes.get("step_cache"))}))
-        if key not in loaded:  # fp8 cannot be undone: a model per load setting
-            options = LoadOptions(device=args.device, offload_model=False,
-                                  **{k: v for k, v in changes.items() if k != "step_cache"})
-            loaded[key] = Models.load(WAN_CONFIGS["ti2v-5B"], args.ckpt_dir, options)
-        models = loaded[key]
-        enable_step_cache(models.experts[0], changes.get("step_cache", 0.0))
-        start, runner = time.time(), Runner(models, progress=False)
-        results = [edit_case(models, case, settings, runner)[1]
-                   for case in tqdm(cases, desc=variant, unit="case")]
-        # Continuations depend on the generation and the load only: variants of the inversion share them.
-        generation_key = json.dumps([settings.sampling.to_dict(), settings.n_prompt, sorted(changes.items())])
-        if continuations and generation_key not in continued:
-            continued[generation_key] = [continuation_case(models, case, settings, runner=runner)[1]
-                                         for case in tqdm(continuations, desc=f"{variant} continuations", unit="case")]
-        entry = report["variants"][variant] = {
-            "settings": settings.to_dict(), "load": changes, "seconds": time.time() - start,
-            "summary": summarise(results), "cases": case_rows(results)}
-        if continuations:
-            entry["continuation_summary"] = summarise(continued[generation_key])
-            entry["continuations"] = case_rows(continued[generation_key])
-        enable_step_cache(models.experts[0], 0.0)
+        models = models_for(loaded, args, changes)
+        entry = report["variants"][variant] = run_variant(models, variant, settings, changes, cases, continuations,
+                                                          continued)
+        save(report, args.json)
         print(f"{variant}: edit success {entry['summary']['all']['success']:.1%}"
               + (f", continuation success {entry['continuation_summary']['all']['success']:.1%}" if continuations else "")
-              + f" ({time.time() - start:.0f} s)", flush=True)
-    models = next(iter(loaded.values()))
-    control_cases = cases[: args.controls]
-    floors = [vae_floor(models, case) for case in control_cases]
-    fresh = [fresh_noise_control(models, case, base, seed=1000 + i)["te_rel"] for i, case in enumerate(control_cases)]
-    diversity = seed_diversity_of(models, control_cases[0], base, seeds=range(16 if args.controls >= 8 else 4))
-    report["controls"] = {"vae_floor_db": floors, "fresh_noise_te_rel": fresh, "seed_diversity": diversity}
+              + (f", step cache skipped {entry['step_cache']['skipped']} of "
+                 f"{entry['step_cache']['skipped'] + entry['step_cache']['computed']} block passes"
+                 if "step_cache" in entry else "")
+              + f" ({entry['seconds']:.0f} s)", flush=True)
+    if report.get("controls", {}).get("cases") != args.controls:
+        report["controls"] = controls(models_for(loaded, args, {}), cases[: args.controls], base)
+        save(report, args.json)
     print_table(report)
-    if args.json:
-        with open(args.json, "w") as f:
+
+
+def earlier_report(args):
+    """The report at --json of an earlier run of the same cases (its finished variants are kept), or None."""
+    if not (args.json and os.path.exists(args.json)):
+        return None
+    with open(args.json) as f:
+        report = json.load(f)
+    wanted = {"ckpt_dir": args.ckpt_dir, "seed": args.seed, "cases": args.cases, "continuations": args.continuations}
+    if {key: report.get(key) for key in wanted} != wanted:
+        raise SystemExit(f"--json {args.json}: holds another run ({ {k: report.get(k) for k in wanted} }); "
+                         "give another file")
+    return report
+
+
+def save(report, path):
+    if path:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
             json.dump(report, f, indent=1, default=float)
+
+
+def models_for(loaded, args, changes):
+    """The toy model under a variant's load changes, loaded once per setting (fp8 cannot be undone)."""
+    key = tuple(sorted((k, v) for k, v in changes.items() if k != "step_cache"))
+    if key not in loaded:
+        loaded[key] = Models.load(WAN_CONFIGS["ti2v-5B"], args.ckpt_dir,
+                                  LoadOptions(device=args.device, offload_model=False, **dict(key)))
+    return loaded[key]
+
+
+def run_variant(models, variant, settings, changes, cases, continuations, continued):
+    """One variant's report entry. Continuations depend on the generation and the load only, so
+    variants of the inversion share them through `continued`."""
+    cache = enable_step_cache(models.experts[0], changes.get("step_cache", 0.0))
+    start, runner = time.time(), Runner(models, progress=False)
+    results = [edit_case(models, case, settings, runner)[1] for case in tqdm(cases, desc=variant, unit="case")]
+    entry = {"settings": settings.to_dict(), "load": changes, "summary": summarise(results),
+             "cases": case_rows(results)}
+    if continuations:
+        key = json.dumps([settings.sampling.to_dict(), settings.n_prompt, sorted(changes.items())])
+        if key not in continued:
+            rows = [continuation_case(models, case, settings, runner=runner)[1]
+                    for case in tqdm(continuations, desc=f"{variant} continuations", unit="case")]
+            continued[key] = {"continuation_summary": summarise(rows), "continuations": case_rows(rows)}
+        entry.update(continued[key], generation_key=key)
+    if cache is not None:
+        entry["step_cache"] = {"computed": cache.computed, "skipped": cache.skipped}
+    enable_step_cache(models.experts[0], 0.0)
+    entry["seconds"] = time.time() - start
+    return entry
+
+
+def controls(models, control_cases, base):
+    """The benchmark's controls (docs/TOYWORLD.md 11.4) on the first cases."""
+    return {"cases": len(control_cases),
+            "vae_floor_db": [vae_floor(models, case) for case in control_cases],
+            "fresh_noise_te_rel": [fresh_noise_control(models, case, base, seed=1000 + i)["te_rel"]
+                                   for i, case in enumerate(control_cases)],
+            "seed_diversity": seed_diversity_of(models, control_cases[0], base,
+                                                seeds=range(16 if len(control_cases) >= 8 else 4))}
 
 
 def print_table(report):
