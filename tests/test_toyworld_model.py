@@ -1,6 +1,8 @@
 """The shipped toy-world model (assets/toyworld-ti2v) through the same code as the real TI2V-5B: an edit
 scored against ground truth, fixed-point against Euler inversion, the fresh-noise control, and a
 continuation through the v2v path (CI-sized: 9 or 17 frames, 10 steps)."""
+import hashlib
+import json
 import os
 
 import pytest
@@ -31,6 +33,19 @@ def short(case):
 def settings(scheme):
     return EditSettings(frame_num=FRAMES, max_area=256 * 256, sampling=Sampling("euler", STEPS, 5.0, 1.0),
                         inversion=InversionSettings(scheme=scheme, steps=STEPS))
+
+
+def test_every_shipped_file_matches_its_provenance():
+    """provenance.json names every file of the checkpoint with its size and sha256 (a card edited by
+    hand, or weights replaced without a new export, would leave it stale)."""
+    with open(os.path.join(CKPT, "provenance.json")) as f:
+        files = json.load(f)["files"]
+    shipped = {os.path.relpath(os.path.join(root, name), CKPT) for root, _, names in os.walk(CKPT) for name in names}
+    assert set(files) == shipped - {"provenance.json"}
+    for name, record in files.items():
+        with open(os.path.join(CKPT, name), "rb") as f:
+            data = f.read()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (record["bytes"], record["sha256"]), name
 
 
 def test_the_toy_checkpoint_is_trained_at_256():
