@@ -613,7 +613,7 @@ def test_loaders_refuse_pickled_code_everywhere(tmp_path):
 
 def test_no_trust_remote_code_and_weights_only_everywhere():
     """Grep the package and the scripts: torch.load always with weights_only=True, no pickle.load, and
-    no trust_remote_code=True (transformers would import and run a checkpoint's own Python)."""
+    trust_remote_code never set to True (transformers would import and run a checkpoint's own Python)."""
     sources = [os.path.join(root, name) for root, _, files in os.walk(os.path.join(REPO, "wan"))
                for name in files if name.endswith(".py")]
     sources += [os.path.join(REPO, name) for name in os.listdir(REPO) if name.endswith(".py")]

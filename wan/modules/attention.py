@@ -2,8 +2,8 @@
 
 Layout follows the DiT: q [B, Lq, heads, head_dim], k and v [B, Lk, heads, head_dim]. Backends:
 - "sdpa" (the default without FlashAttention-3): torch's scaled_dot_product_attention. Inside
-  `sdpa_preferences` the cuDNN kernel is put first on CUDA because on Hopper it is much faster
-  than the flash kernel at Wan's sequence lengths (~600 vs ~366 TFLOP/s at 27k tokens, DESIGN.md).
+  `sdpa_preferences` the cuDNN kernel is put first on CUDA; docs/PERFORMANCE.md has the attention
+  rates measured with each kernel choice at Wan's sequence lengths.
 - "flash": FlashAttention-3 or, without it, FlashAttention-2 (flash_attn). The default when
   FlashAttention-3 is installed: on an H200 it is faster than cuDNN at Wan's shapes
   (docs/PERFORMANCE.md). fp32 inputs still go through SDPA, so fp32 runs stay fp32.
