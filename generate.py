@@ -22,7 +22,7 @@ from wan.modules.vlm import DEFAULT_CAPTIONER
 from wan.settings import Generation, LoadOptions, SettingsError
 from wan.tasks.prompt_extension import extend_prompt
 from wan.utils.fileio import write_json_atomic
-from wan.utils.video_io import check_output_path, load_image, probe_output, probe_video
+from wan.utils.video_io import check_output_path, load_image, output_stem, probe_output, probe_video
 
 log = logging.getLogger("generate")
 
@@ -158,7 +158,7 @@ def main(argv=None):
                               resolved, profile, profile.step)
     profile.finish()
     if written and notes:
-        write_json_atomic(f"{os.path.splitext(written)[0]}.prompt.json", notes)
+        write_json_atomic(f"{output_stem(written)}.prompt.json", notes)
     if written and report:
         inputs = [(getattr(generation, name), name.replace("_", " ")) for name in ("image", "first_frame", "last_frame")
                   if getattr(generation, name)]

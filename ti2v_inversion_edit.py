@@ -22,7 +22,7 @@ from wan.report.runs import default_report_path, video_psnr, write_run_report
 from wan.settings import INVERSION_SCHEMES, SOLVERS, EditSettings, LoadOptions, SettingsError
 from wan.tasks import get_task
 from wan.tasks.edit import EditRequest, load_source
-from wan.utils.video_io import check_output_path, read_video
+from wan.utils.video_io import check_output_path, output_stem, read_video
 
 log = logging.getLogger("ti2v_inversion_edit")
 
@@ -168,7 +168,7 @@ def write_edit_report(path, models, requests, edit_settings, comparison, setting
     for request in requests:
         videos.append((request.output, f"edit: {request.target_prompt}"))
         if comparison:
-            videos.append((f"{os.path.splitext(request.output)[0]}_comparison.mp4",
+            videos.append((f"{output_stem(request.output)}_comparison.mp4",
                            "comparison: source | edited first frame | edit"))
         source = load_source(models.config, request.video, edit_settings.frame_num, edit_settings.max_area)
         rows.append({"output": request.output, "source": request.video, "source prompt": request.source_prompt,

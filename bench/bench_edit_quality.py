@@ -20,7 +20,6 @@ import os
 import sys
 import time
 
-import yaml
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,13 +27,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wan.configs import WAN_CONFIGS  # noqa: E402
 from wan.models import Models  # noqa: E402
 from wan.runner import Runner  # noqa: E402
-from wan.settings import EditSettings, LoadOptions  # noqa: E402
+from wan.settings import LoadOptions  # noqa: E402
 from wan.step_cache import enable_step_cache  # noqa: E402
 from wan.toyworld.cases import make_continuation_cases, make_edit_cases  # noqa: E402
 from wan.toyworld.evaluate import (  # noqa: E402
     continuation_case,
     edit_case,
     fresh_noise_control,
+    preset_settings,
     seed_diversity_of,
     summarise,
     vae_floor,
@@ -45,12 +45,6 @@ from wan.utils.fileio import atomic_path  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(REPO, "configs", "edit_toyworld.yaml")
 SPEED_OPTIONS = ("cache", "fp8", "flash-fp8", "steps")
-
-
-def default_settings():
-    with open(PRESET) as f:
-        preset = yaml.safe_load(f)
-    return EditSettings.from_dict({k: v for k, v in preset.items() if k in EditSettings().to_dict()})
 
 
 def variant_settings(base, variant):
@@ -110,7 +104,7 @@ def main():
     args = parser.parse_args()
     cases = make_edit_cases(args.cases, args.seed)
     continuations = make_continuation_cases(args.continuations, args.seed)
-    base = default_settings()
+    base = preset_settings(PRESET)
     report = earlier_report(args) or {"ckpt_dir": args.ckpt_dir, "seed": args.seed, "cases": args.cases,
                                       "continuations": args.continuations, "variants": {}}
     continued = {entry["generation_key"]: {k: entry[k] for k in ("continuation_summary", "continuations")}

@@ -20,13 +20,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from full_size import random_on_device  # noqa: E402
+from full_size import A14B_I2V, random_on_device  # noqa: E402
 
 from wan.modules.attention import attention_backend  # noqa: E402
 from wan.modules.model import WanModel  # noqa: E402
 from wan.streaming import stream_blocks  # noqa: E402
 
-A14B_I2V = dict(model_type="i2v", in_dim=36, out_dim=16, dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 # latent [16, T, h, w] of 81 frames (Wan2.1 VAE: stride 4 in time, 8 in space)
 CASES = {"480p": (16, 21, 60, 104), "720p": (16, 21, 90, 160)}
 TEXT_TOKENS = (96, 126)  # the prompt's and the negative prompt's real tokens

@@ -16,7 +16,7 @@ spec.loader.exec_module(bench)
 
 
 def test_variants_change_what_they_name_and_nothing_else():
-    base = bench.default_settings()
+    base = bench.preset_settings(bench.PRESET)
     assert bench.variant_settings(base, "default") == (base, {})
     euler, load = bench.variant_settings(base, "euler:12")
     assert load == {} and euler.inversion.scheme == "euler"

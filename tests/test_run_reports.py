@@ -99,3 +99,13 @@ def test_a_bad_report_path_is_a_one_line_error_before_anything_runs(tiny_checkpo
     result = run_script(script, "--ckpt_dir", tiny_checkpoint("ti2v-5B"), *argv)
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and last.startswith("error: report") and "Traceback" not in result.stderr
+
+
+def test_the_default_report_sits_beside_the_output_whatever_its_kind():
+    """OUTPUT.report.html beside a video, and beside (not inside) a PNG-frames folder, where a later
+    run's check of the folder would refuse the extra file."""
+    from wan.report.runs import default_report_path
+
+    assert default_report_path("out/edit.mp4", None) == "out/edit.report.html"
+    assert default_report_path("out/frames/", None) == "out/frames.report.html"
+    assert default_report_path("out/frames/", "r.html") == "r.html"

@@ -41,8 +41,6 @@ CLIP_IMAGE_TOKENS = 257
 # holding multi-kernels crashes when it is loaded back from inductor's on-disk cache, i.e. on the
 # second run of any script on the same machine. Measurements: docs/PERFORMANCE.md.
 BLOCK_INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
-_CONFIG_FIELDS = ("model_type", "text_len", "in_dim", "dim", "ffn_dim", "freq_dim", "out_dim", "num_heads",
-                  "num_layers", "eps")
 CONFIG_TYPES = {"model_type": str, "text_len": int, "in_dim": int, "dim": int, "ffn_dim": int, "freq_dim": int,
                 "out_dim": int, "num_heads": int, "num_layers": int, "eps": float}
 
@@ -427,7 +425,7 @@ class WanModel(nn.Module):
 
     @property
     def config(self):
-        return {name: getattr(self, name) for name in _CONFIG_FIELDS}
+        return {name: getattr(self, name) for name in CONFIG_TYPES}
 
     @property
     def has_image_branch(self):

@@ -1,11 +1,10 @@
 """The run reports of the generation scripts: one self-contained page per generation, edit, manifest of
 edits, chain or stage, from what the run wrote (videos, first frames), its resolved settings, its
 per-stage timer and whatever metrics it has."""
-import os
 
 import numpy as np
 
-from ..utils.video_io import load_image, output_kind, read_video
+from ..utils.video_io import load_image, output_kind, output_stem, read_video
 from .html import Report
 
 
@@ -47,5 +46,6 @@ def write_run_report(path, title, videos, settings, timer, prompts=None, images=
 
 
 def default_report_path(output, explicit):
-    """The report of a run whose main output is `output`: `explicit` if given, else OUTPUT.report.html."""
-    return explicit or f"{os.path.splitext(output)[0]}.report.html"
+    """The report of a run whose main output is `output`: `explicit` if given, else OUTPUT.report.html
+    beside it (beside a PNG-frames folder, not inside it)."""
+    return explicit or f"{output_stem(output)}.report.html"

@@ -8,7 +8,7 @@ from .. import flow
 from ..jobs import Job
 from ..settings import SettingsError
 from ..utils.video_io import image_to_frames, load_image, to_model_range
-from .common import draw_noise, encode_prompts, require, resolve_seed
+from .common import draw_noise, encode_prompts, require, resolve_seed, tokens
 
 
 def i2v_latent_size(image_width, image_height, max_area, vae_stride=(4, 8, 8), patch_size=(1, 2, 2)):
@@ -48,13 +48,12 @@ def resized(pixels, height, width):
 def concat_job(models, g, frames, lat_h, lat_w, mask, clip_images, seed):
     """The Job of the channel-concat tasks: noise, and y = mask + the latent of `frames` [3, F, H, W]; CLIP
     tokens of `clip_images` when the model has the image branch (Wan2.1)."""
-    patch = models.config.patch_size
     latent = models.encode_video(frames)
     y = torch.cat([mask.to(latent.device), latent])
     clip_fea = models.encode_images(clip_images) if "clip_checkpoint" in models.config else None
     shape = (models.config.out_dim, latent.shape[1], lat_h, lat_w)
     context, context_null = encode_prompts(models, g.prompt, g.n_prompt, g.sampling.guide_scale)
-    seq_len = math.ceil(shape[1] * lat_h * lat_w / (patch[1] * patch[2]))
+    seq_len = tokens(models, shape)
     stride = models.config.vae_stride
     record = dict(g.replace(seed=seed).to_dict(), output_size=[lat_w * stride[2], lat_h * stride[1]])
     return Job(draw_noise(shape, seed, models.device), context, context_null, flow.ConcatCondition(y, clip_fea),

@@ -8,15 +8,13 @@ import argparse
 import logging
 import os
 
-import yaml
-
 from ..configs import WAN_CONFIGS
 from ..models import Models
-from ..settings import EditSettings, LoadOptions
+from ..settings import LoadOptions
 from ..tasks.edit import write_comparison
 from ..utils.video_io import to_model_range, write_video
 from .cases import make_edit_cases
-from .evaluate import FPS, edit_case
+from .evaluate import FPS, edit_case, preset_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,18 +33,17 @@ def main(argv=None):
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with open(args.config) as f:
-        preset = yaml.safe_load(f)
-    settings = EditSettings.from_dict({k: v for k, v in preset.items() if k in EditSettings().to_dict()})
+    settings = preset_settings(args.config)
     case = demo_case(args.seed)
     print(f"source: {case.source_caption}\ntarget: {case.target_caption}")
     models = Models.load(WAN_CONFIGS["ti2v-5B"], args.ckpt_dir, LoadOptions(device=args.device, offload_model=False))
     video, result = edit_case(models, case, settings)
     os.makedirs(args.out_dir, exist_ok=True)
     source, edited = os.path.join(args.out_dir, "source.mp4"), os.path.join(args.out_dir, "edited.mp4")
-    write_video(case.source_video(), source, fps=FPS)
+    source_frames = case.source_video()
+    write_video(source_frames, source, fps=FPS)
     write_video(video, edited, fps=FPS)
-    write_comparison(edited, case.source_video(), case.edited_first_frame()[None], to_model_range(video), FPS)
+    write_comparison(edited, source_frames, case.edited_first_frame()[None], to_model_range(video), FPS)
     m = result.metrics
     print(f"metrics vs ground truth: trajectory error {m['te_mean']:.1f} px (max {m['te_max']:.1f}), direction "
           f"agreement {m['direction_agreement']:.2f}, colour accuracy {m['colour_accuracy']:.2f}, shape accuracy "

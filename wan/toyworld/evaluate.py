@@ -12,11 +12,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import yaml
 
 from PIL import Image
 
 from ..runner import Runner
-from ..settings import Generation
+from ..settings import EditSettings, Generation
 from ..tasks.continuation import continuation_prompt, prepare_continuation
 from ..tasks.edit import fit_source, prepare_edit_of
 from ..tasks.ti2v import prepare_ti2v
@@ -35,6 +36,14 @@ from .world import HEIGHT, WIDTH
 
 FPS = 16
 AREA = WIDTH * HEIGHT
+
+
+def preset_settings(path):
+    """The EditSettings of a preset file such as configs/edit_toyworld.yaml (its other keys, e.g. load
+    options and the comparison switch, are the scripts')."""
+    with open(path) as f:
+        preset = yaml.safe_load(f)
+    return EditSettings.from_dict({k: v for k, v in preset.items() if k in EditSettings().to_dict()})
 
 
 @dataclass
